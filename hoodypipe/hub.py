@@ -1,0 +1,314 @@
+"""The spectator hub: who watches which name, and what they are sent.
+
+Spectators are never on the data path. The pipes only tell the hub that
+something changed (``changed``/``ended``); figures are read on the hub's one
+``LoopingCall`` for the whole daemon, and every event is encoded once per
+name, not once per spectator. A spectator whose socket is full is skipped:
+it gets the latest figures when it drains (latest wins), and its ``state``
+and ``done`` events are kept, one of each, so its memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+from hoodypipe import sse
+from hoodypipe.errors import HTTPError
+from hoodypipe.pipes import State
+from hoodypipe.progress import Final, Meter, progress_event, snapshot, state_event, text_line
+
+if TYPE_CHECKING:
+    from twisted.web.iweb import IRequest
+
+    from hoodypipe.pipes import Pipe, Registry
+
+log = Logger()
+
+HEARTBEAT_SECONDS = 15.0
+TEXT_SECONDS = 1.0
+MAX_RETAINED = 10_000
+
+
+@dataclass
+class HubLimits:
+    max_spectators: int = 50
+    max_watched_paths: int = 500
+    window: float = 300.0
+    interval: float = 0.25
+    retain: float = 86400.0
+
+
+@implementer(IPushProducer)
+class Spectator:
+    """One open ``?progress`` stream (SSE or text)."""
+
+    def __init__(self, hub: Hub, name: str, request: IRequest, kind: str, opened: float) -> None:
+        self.hub = hub
+        self.name = name
+        self.request = request
+        self.kind = kind  # "sse" or "text"
+        self.opened = opened
+        self.full = False
+        self.closed = False
+        # What a full socket could not take yet: the latest of each kind.
+        self.held: dict[str, bytes] = {}
+        self.done: Deferred[None] = Deferred(lambda _: self.hub._left(self))
+
+    # Twisted pauses us while the client's socket buffer is full.
+    def pauseProducing(self) -> None:
+        self.full = True
+
+    def resumeProducing(self) -> None:
+        self.full = False
+        held, self.held = self.held, {}
+        for kind in ("state", "progress", "done", "line"):
+            if kind in held and not self.closed:
+                self.request.write(held[kind])
+
+    def stopProducing(self) -> None:
+        pass
+
+    def send(self, kind: str, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.full:
+            self.held[kind] = data
+        else:
+            self.request.write(data)
+
+    def close(self) -> None:
+        """End the stream at an event boundary."""
+        if self.closed:
+            return
+        self.closed = True
+        self.request.unregisterProducer()
+        self.request.finish()
+        self.hub._left(self)
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class Watch:
+    """The spectators of one name, and the event counter they share."""
+
+    def __init__(self) -> None:
+        self.spectators: list[Spectator] = []
+        self.sequence = 0
+        self.last_state: dict[str, Any] | None = None
+
+    def next_id(self) -> int:
+        self.sequence += 1
+        return self.sequence
+
+
+class Hub:
+    """Feeds ``?progress`` streams and answers ``?status`` for every name."""
+
+    def __init__(self, clock: IReactorTime, registry: Registry, limits: HubLimits | None = None) -> None:
+        self.clock = clock
+        self.registry = registry
+        self.limits = limits or HubLimits()
+        self.watches: dict[str, Watch] = {}
+        self.meters: dict[Pipe, Meter] = {}
+        self.finals: OrderedDict[str, Final] = OrderedDict()
+        self.ticks = 0
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = clock
+        registry.observer = self
+
+    def start(self) -> None:
+        self._loop.start(self.limits.interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    # -- what a name looks like now -------------------------------------------------
+
+    def live(self, name: str) -> Pipe | None:
+        return self.registry.pipes.get(name)
+
+    def final(self, name: str) -> Final | None:
+        record = self.finals.get(name)
+        if record is not None and self.clock.seconds() - record.at > self.limits.retain:
+            del self.finals[name]
+            return None
+        return record
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        pipe = self.live(name)
+        if pipe is None:
+            record = self.final(name)
+            if record is not None:
+                return record.snapshot
+        return snapshot(pipe, self.meters.get(pipe) if pipe else None, self.clock.seconds())
+
+    # -- from the pipes (PipeObserver) ---------------------------------------------
+
+    def changed(self, pipe: Pipe) -> None:
+        if pipe.state is State.STREAMING and pipe not in self.meters:
+            meter = self.meters[pipe] = Meter()
+            meter.sample(self.clock.seconds(), 0)
+        watch = self.watches.get(pipe.name)
+        if watch is None:
+            return
+        current = self.live(pipe.name)
+        if current is not None and current is not pipe:
+            return  # an old transfer's news; watchers follow the new one
+        self._send_state(pipe.name, watch, state_event(current))
+
+    def ended(self, pipe: Pipe) -> None:
+        meter = self.meters.pop(pipe, None)
+        record = Final.of(pipe, meter, self.clock.seconds())
+        self.finals[pipe.name] = record
+        self.finals.move_to_end(pipe.name)
+        while len(self.finals) > MAX_RETAINED:
+            self.finals.popitem(last=False)
+        watch = self.watches.get(pipe.name)
+        if watch is not None and self.live(pipe.name) is None:
+            self._send_final(pipe.name, watch, record)
+
+    # -- sending -------------------------------------------------------------------
+
+    def _send_state(self, name: str, watch: Watch, state: dict[str, Any]) -> None:
+        if state == watch.last_state:
+            return
+        watch.last_state = state
+        data = sse.event("state", state, watch.next_id())
+        line = self._text(name)
+        for spectator in list(watch.spectators):
+            spectator.send("state", data) if spectator.kind == "sse" else spectator.send("line", line)
+
+    def _send_final(self, name: str, watch: Watch, record: Final) -> None:
+        watch.last_state = record.state
+        state = sse.event("state", record.state, watch.next_id())
+        progress = sse.event("progress", record.progress, watch.next_id())
+        done = sse.event("done", record.done, watch.next_id())
+        line = self._final_line(record)
+        for spectator in list(watch.spectators):
+            if spectator.kind == "sse":
+                spectator.send("state", state)
+                spectator.send("progress", progress)
+                spectator.send("done", done)
+            else:
+                spectator.send("line", line)
+                spectator.close()
+
+    @staticmethod
+    def _final_line(record: Final) -> bytes:
+        return (text_line({**record.snapshot, **record.done}) + "\n").encode()
+
+    def _text(self, name: str) -> bytes:
+        record = self.final(name) if self.live(name) is None else None
+        if record is not None:
+            return self._final_line(record)
+        return (text_line(self.snapshot(name)) + "\n").encode()
+
+    def tick(self) -> None:
+        """Every ``--progress-interval``: sample meters, send figures, keep time."""
+        self.ticks += 1
+        now = self.clock.seconds()
+        for pipe, meter in self.meters.items():
+            meter.sample(now, pipe.bytes_transferred)
+        text_due = self.ticks % max(1, round(TEXT_SECONDS / self.limits.interval)) == 0
+        beat_due = self.ticks % max(1, round(HEARTBEAT_SECONDS / self.limits.interval)) == 0
+        for name, watch in list(self.watches.items()):
+            pipe = self.live(name)
+            if pipe is not None and pipe.state is State.STREAMING:
+                data = sse.event("progress", progress_event(pipe, self.meters.get(pipe), now), watch.next_id())
+                for spectator in watch.spectators:
+                    if spectator.kind == "sse":
+                        spectator.send("progress", data)
+            if text_due:
+                line = self._text(name)
+                for spectator in watch.spectators:
+                    if spectator.kind == "text":
+                        spectator.send("line", line)
+            for spectator in list(watch.spectators):
+                if now - spectator.opened >= self.limits.window:
+                    spectator.close()
+                elif beat_due and spectator.kind == "sse":
+                    spectator.send("beat", sse.HEARTBEAT)
+        if self.ticks % max(1, round(60 / self.limits.interval)) == 0:
+            self._expire_finals(now)
+
+    def _expire_finals(self, now: float) -> None:
+        while self.finals:
+            name, record = next(iter(self.finals.items()))
+            if now - record.at <= self.limits.retain:
+                break
+            del self.finals[name]
+
+    # -- spectators coming and going ---------------------------------------------------
+
+    def watch(self, name: str, request: IRequest, kind: str) -> Spectator:
+        """Open a stream on ``name``; 429 past the caps."""
+        watch = self.watches.get(name)
+        if watch is None:
+            if len(self.watches) >= self.limits.max_watched_paths:
+                raise HTTPError(429, "Too many watched pipes on this server; try again later.", {b"Retry-After": b"30"})
+            watch = Watch()
+        elif len(watch.spectators) >= self.limits.max_spectators:
+            raise HTTPError(
+                429,
+                f"Too many spectators on this pipe (max {self.limits.max_spectators}); try again later.",
+                {b"Retry-After": b"30"},
+            )
+        self.watches[name] = watch
+        spectator = Spectator(self, name, request, kind, self.clock.seconds())
+        watch.spectators.append(spectator)
+        request.registerProducer(spectator, True)
+        self._greet(name, watch, spectator)
+        return spectator
+
+    def _greet(self, name: str, watch: Watch, spectator: Spectator) -> None:
+        """What a new stream gets at once: where things stand, or how they ended."""
+        pipe = self.live(name)
+        record = self.final(name) if pipe is None else None
+        if spectator.kind == "text":
+            spectator.send("line", self._text(name))
+            if record is not None:
+                spectator.close()
+            return
+        spectator.send("retry", sse.retry())
+        if record is not None:
+            spectator.send("state", sse.event("state", record.state, watch.next_id()))
+            spectator.send("progress", sse.event("progress", record.progress, watch.next_id()))
+            spectator.send("done", sse.event("done", record.done, watch.next_id()))
+            return
+        spectator.send("state", sse.event("state", state_event(pipe), watch.next_id()))
+        if pipe is not None and pipe.state is State.STREAMING:
+            figures = progress_event(pipe, self.meters.get(pipe), self.clock.seconds())
+            spectator.send("progress", sse.event("progress", figures, watch.next_id()))
+
+    def _left(self, spectator: Spectator) -> None:
+        spectator.closed = True
+        watch = self.watches.get(spectator.name)
+        if watch is None or spectator not in watch.spectators:
+            return
+        watch.spectators.remove(spectator)
+        if not watch.spectators:
+            del self.watches[spectator.name]
+
+    def close_all(self) -> None:
+        for watch in list(self.watches.values()):
+            for spectator in list(watch.spectators):
+                spectator.close()
+
+    @property
+    def spectator_count(self) -> int:
+        return sum(len(w.spectators) for w in self.watches.values())
+
+
+def json_body(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"

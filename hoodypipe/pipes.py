@@ -1,0 +1,461 @@
+"""One transfer's lifecycle (Pipe) and the daemon's table of them (Registry).
+
+No I/O here: the parties are small objects the web layer hands in (see
+``SenderParty`` and ``ReceiverParty``), and time comes from an injected
+``IReactorTime``. Every transition goes through ``Pipe._enter`` so the
+lifecycle can be read off ``TRANSITIONS``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+
+from hoodypipe.errors import HTTPError
+from hoodypipe.headers import SenderHeaders
+from hoodypipe.relay import Relay
+
+log = Logger()
+
+
+class State(str, enum.Enum):
+    IDLE = "idle"
+    WAITING = "waiting"
+    STREAMING = "streaming"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.IDLE: frozenset({State.WAITING}),
+    # WAITING -> IDLE: every waiting party left before the start.
+    State.WAITING: frozenset({State.STREAMING, State.FAILED, State.IDLE}),
+    State.STREAMING: frozenset({State.COMPLETE, State.FAILED}),
+    State.COMPLETE: frozenset(),
+    State.FAILED: frozenset(),
+}
+
+
+class Reason:
+    """Why a transfer failed, as spectators see it (``done.reason``)."""
+
+    SENDER_DISCONNECTED = "Sender disconnected"
+    RECEIVERS_DISCONNECTED = "All receivers disconnected"
+    TIMED_OUT = "Timed out"
+    IDLE = "Idle timeout"
+    MALFORMED = "Malformed upload"
+    SHUTDOWN = "Server is shutting down"
+
+
+class SenderParty(Protocol):
+    """The upload side, as the pipe drives it."""
+
+    n: int
+    wait: float
+    headers: SenderHeaders
+
+    def say(self, text: str) -> None:
+        """Write one ``[INFO] text`` line to the sender."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def end(self, error: str | None) -> None:
+        """Close the sender's response: success, or an ``[ERROR] error.`` line."""
+
+
+class ReceiverParty(Protocol):
+    """One download, as the pipe drives it."""
+
+    n: int
+    wait: float
+
+    def begin(self, headers: SenderHeaders) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None:
+        """Break the connection so the client cannot mistake it for a complete download."""
+
+    def refuse(self, error: HTTPError) -> None: ...
+
+    def watch_flow(self, producer: IPushProducer) -> None:
+        """Register ``producer`` to be paused while this receiver's buffer is full."""
+
+
+class PipeObserver(Protocol):
+    """Who wants to know about transitions (the progress hub)."""
+
+    def changed(self, pipe: Pipe) -> None: ...
+
+    def ended(self, pipe: Pipe) -> None: ...
+
+
+class _NoObserver:
+    def changed(self, pipe: Pipe) -> None:
+        pass
+
+    def ended(self, pipe: Pipe) -> None:
+        pass
+
+
+@dataclass
+class Limits:
+    max_receivers: int = 256
+    max_pending: int = 1000
+    max_active: int = 1000
+    wait_timeout: float = 300.0
+    idle_timeout: float = 300.0
+
+
+RETRY_AFTER = {b"Retry-After": b"5"}
+
+
+class Pipe:
+    """One name's transfer, from the first party to ``complete`` or ``failed``."""
+
+    def __init__(self, name: str, n: int, registry: Registry) -> None:
+        self.name = name
+        self.n = n
+        self.registry = registry
+        self.clock = registry.clock
+        self.state = State.IDLE
+        self.history: list[tuple[State, float]] = []
+        self.sender: SenderParty | None = None
+        self.receivers: list[ReceiverParty] = []
+        self.relay: Relay | None = None
+        self.reason: str | None = None
+        self.started_at = self.clock.seconds()
+        self.streaming_at: float | None = None
+        self.finished_at: float | None = None
+        self.total_bytes: int | None = None
+        # Bytes read before the start: reading is paused from the end of the
+        # sender's headers, so this is at most what one socket read brought.
+        self._early: list[bytes] = []
+        self._upload_done = False
+        self._timers: dict[object, IDelayedCall] = {}
+        self._idle_check: IDelayedCall | None = None
+        self._idle_mark = -1
+        self._enter(State.WAITING)
+
+    # -- what spectators read ------------------------------------------------
+
+    @property
+    def bytes_transferred(self) -> int:
+        return self.relay.bytes if self.relay else 0
+
+    @property
+    def has_sender(self) -> bool:
+        return self.sender is not None
+
+    @property
+    def active_receivers(self) -> int:
+        return len(self.relay.receivers) if self.relay else len(self.receivers)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (State.COMPLETE, State.FAILED)
+
+    # -- arrivals --------------------------------------------------------------
+
+    def _check_join(self, n: int) -> None:
+        if self.state is not State.WAITING:
+            raise HTTPError(400, f"The pipe '{self.name}' is already streaming.")
+        if n != self.n:
+            raise HTTPError(
+                400,
+                f"The number of receivers does not match: this pipe was opened with n={self.n}, not n={n}.",
+            )
+
+    def add_sender(self, sender: SenderParty) -> None:
+        self._check_join(sender.n)
+        if self.sender is not None:
+            raise HTTPError(400, f"Another sender is already connected to '{self.name}'.")
+        self.sender = sender
+        self.total_bytes = sender.headers.total_bytes
+        sender.say(f"Waiting for {self.n} receiver(s) to connect...")
+        if self.receivers:
+            sender.say(f"{len(self.receivers)} receiver(s) already connected.")
+        if len(self.receivers) == self.n and not self.registry.can_start():
+            self.sender = None
+            sender.end("Server at maximum active transfer capacity")
+            return
+        self._wait(sender, sender.wait, self._sender_timed_out)
+        self.registry.observer.changed(self)
+        self._maybe_start()
+
+    def add_receiver(self, receiver: ReceiverParty) -> None:
+        self._check_join(receiver.n)
+        if len(self.receivers) >= self.n:
+            raise HTTPError(400, f"The pipe '{self.name}' already has {self.n} receiver(s).")
+        if self.sender is not None and len(self.receivers) + 1 == self.n and not self.registry.can_start():
+            raise HTTPError(429, "Server at maximum active transfer capacity.", RETRY_AFTER)
+        self.receivers.append(receiver)
+        self._wait(receiver, receiver.wait, self._receiver_timed_out)
+        self.registry.observer.changed(self)
+        self._maybe_start()
+
+    def _wait(self, party: object, seconds: float, expire) -> None:
+        self._timers[party] = self.clock.callLater(seconds, expire, party)
+
+    def _unwait(self, party: object) -> None:
+        timer = self._timers.pop(party, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _sender_timed_out(self, sender: SenderParty) -> None:
+        self._timers.pop(sender, None)
+        self.sender = None
+        sender.end("Timed out waiting for receivers")
+        self._after_waiting_party_left(timed_out=True)
+
+    def _receiver_timed_out(self, receiver: ReceiverParty) -> None:
+        self._timers.pop(receiver, None)
+        self.receivers.remove(receiver)
+        missing = "sender" if self.sender is None else "receivers"
+        receiver.refuse(HTTPError(408, f"Timed out waiting for {missing}."))
+        self._after_waiting_party_left(timed_out=True)
+
+    def _after_waiting_party_left(self, timed_out: bool = False) -> None:
+        if self.sender is None and not self.receivers:
+            if timed_out:
+                self._fail(Reason.TIMED_OUT)
+            else:
+                self._enter(State.IDLE)
+                self.registry.forget(self)
+        else:
+            self.registry.observer.changed(self)
+
+    # -- the transfer ----------------------------------------------------------
+
+    def _maybe_start(self) -> None:
+        if self.sender is None or len(self.receivers) < self.n:
+            return
+        for party in list(self._timers):
+            self._unwait(party)
+        self.streaming_at = self.clock.seconds()
+        self.relay = Relay(self.sender, self.receivers)
+        self.receivers = []
+        self._enter(State.STREAMING)
+        log.info("transfer started: {name} to {n} receiver(s)", name=self.name, n=self.n)
+        self.sender.say(f"Streaming to {self.n} receiver(s)...")
+        for receiver in self.relay.receivers:
+            receiver.begin(self.sender.headers)
+        self.relay.start(self._early)
+        self._early = []
+        self._schedule_idle_check()
+        if self._upload_done:
+            self._finish_upload()
+
+    def data(self, chunk: bytes) -> None:
+        """A piece of the sender's body: the hot path."""
+        if self.relay is not None:
+            self.relay.write(chunk)
+        elif not self.finished:
+            self._early.append(chunk)
+
+    def upload_complete(self) -> None:
+        """The sender's body arrived in full."""
+        self._upload_done = True
+        if self.state is State.STREAMING:
+            self._finish_upload()
+
+    def _finish_upload(self) -> None:
+        assert self.relay is not None
+        if self.sender is not None:
+            self.sender.say("Upload complete.")
+        self.relay.when_flushed(self._complete)
+
+    def _complete(self) -> None:
+        if self.state is not State.STREAMING:
+            return
+        assert self.relay is not None
+        self.finished_at = self.clock.seconds()
+        self._enter(State.COMPLETE)
+        for receiver in self.relay.receivers:
+            receiver.finish()
+        if self.sender is not None:
+            self.sender.end(None)
+        self._stop_idle_check()
+        self.registry.ended(self)
+
+    def fail(self, reason: str, sender_error: str | None = None) -> None:
+        """End the transfer as failed: receivers' downloads break visibly."""
+        if self.finished or self.state is State.IDLE:
+            return
+        self._fail(reason, sender_error)
+
+    def _fail(self, reason: str, sender_error: str | None = None) -> None:
+        for party in list(self._timers):
+            self._unwait(party)
+        self.reason = reason
+        self.finished_at = self.clock.seconds()
+        was_streaming = self.state is State.STREAMING
+        self._enter(State.FAILED)
+        self._stop_idle_check()
+        receivers = self.relay.receivers if self.relay else self.receivers
+        for receiver in list(receivers):
+            if was_streaming:
+                receiver.abort()
+            else:
+                receiver.refuse(HTTPError(503 if reason == Reason.SHUTDOWN else 408, f"{reason}."))
+        sender, self.sender = self.sender, None
+        if sender is not None:
+            sender.end(sender_error or reason)
+        self.registry.ended(self)
+
+    # -- departures --------------------------------------------------------------
+
+    def sender_lost(self) -> None:
+        """The sender's connection went away."""
+        if self.sender is None:
+            return
+        if self.state is State.WAITING:
+            self._unwait(self.sender)
+            self.sender = None
+            self._early = []
+            self._after_waiting_party_left()
+        elif self.state is State.STREAMING:
+            self.sender = None
+            if not self._upload_done:
+                self._fail(Reason.SENDER_DISCONNECTED)
+            else:
+                self.registry.observer.changed(self)
+
+    def receiver_lost(self, receiver: ReceiverParty) -> None:
+        """A receiver's connection went away (or its client gave up)."""
+        if self.state is State.WAITING and receiver in self.receivers:
+            self._unwait(receiver)
+            self.receivers.remove(receiver)
+            self._after_waiting_party_left()
+        elif self.state is State.STREAMING and self.relay is not None:
+            if not self.relay.remove(receiver):
+                return
+            if self.relay.receivers:
+                if self.sender is not None:
+                    self.sender.say("A receiver disconnected.")
+                self.registry.observer.changed(self)
+            else:
+                self._fail(
+                    Reason.RECEIVERS_DISCONNECTED,
+                    "All receivers disconnected before transfer completed",
+                )
+
+    # -- idle timeout ------------------------------------------------------------
+
+    def _schedule_idle_check(self) -> None:
+        # One timer per pipe checks a counter, instead of re-arming a timer for
+        # every chunk on the hot path; it fires within 1.25x the timeout.
+        step = max(self.registry.limits.idle_timeout / 4, 0.001)
+        self._idle_check = self.clock.callLater(step, self._check_idle, step, 0.0)
+
+    def _check_idle(self, step: float, quiet_for: float) -> None:
+        assert self.relay is not None
+        mark = self.relay.activity
+        quiet_for = quiet_for + step if mark == self._idle_mark else 0.0
+        self._idle_mark = mark
+        if quiet_for >= self.registry.limits.idle_timeout:
+            self._idle_check = None
+            self._fail(Reason.IDLE)
+            return
+        self._idle_check = self.clock.callLater(step, self._check_idle, step, quiet_for)
+
+    def _stop_idle_check(self) -> None:
+        if self._idle_check is not None and self._idle_check.active():
+            self._idle_check.cancel()
+        self._idle_check = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def _enter(self, state: State) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise AssertionError(f"pipe {self.name!r}: {self.state.value} -> {state.value}")
+        self.state = state
+        self.history.append((state, self.clock.seconds()))
+        self.registry.transition(self)
+
+
+class Registry:
+    """The live pipes by name, the daemon-wide caps, and who to tell."""
+
+    def __init__(self, clock: IReactorTime, limits: Limits | None = None, observer: PipeObserver | None = None):
+        self.clock = clock
+        self.limits = limits or Limits()
+        self.observer: PipeObserver = observer or _NoObserver()
+        self.pipes: dict[str, Pipe] = {}
+        self.waiting = 0
+        self.streaming = 0
+        self.shutting_down = False
+        # Read by the metrics at scrape time.
+        self.outcomes: Counter[str] = Counter()
+        self.rejections: Counter[int] = Counter()
+        self.bytes_relayed = 0
+
+    def _pipe_for(self, name: str, n: int) -> Pipe:
+        if self.shutting_down:
+            raise HTTPError(503, "Server is shutting down.")
+        pipe = self.pipes.get(name)
+        if pipe is None:
+            if self.waiting >= self.limits.max_pending:
+                raise HTTPError(429, "Server at maximum pending pipe capacity.", RETRY_AFTER)
+            pipe = self.pipes[name] = Pipe(name, n, self)
+        return pipe
+
+    def add_sender(self, name: str, sender: SenderParty) -> Pipe:
+        pipe = self._pipe_for(name, sender.n)
+        try:
+            pipe.add_sender(sender)
+        finally:
+            self._drop_if_empty(pipe)
+        return pipe
+
+    def add_receiver(self, name: str, receiver: ReceiverParty) -> Pipe:
+        pipe = self._pipe_for(name, receiver.n)
+        try:
+            pipe.add_receiver(receiver)
+        finally:
+            self._drop_if_empty(pipe)
+        return pipe
+
+    def _drop_if_empty(self, pipe: Pipe) -> None:
+        if pipe.state is State.WAITING and pipe.sender is None and not pipe.receivers:
+            pipe._enter(State.IDLE)
+            self.forget(pipe)
+
+    def can_start(self) -> bool:
+        return self.streaming < self.limits.max_active
+
+    def transition(self, pipe: Pipe) -> None:
+        old = pipe.history[-2][0] if len(pipe.history) > 1 else State.IDLE
+        new = pipe.state
+        self.waiting += (new is State.WAITING) - (old is State.WAITING)
+        self.streaming += (new is State.STREAMING) - (old is State.STREAMING)
+
+    def forget(self, pipe: Pipe) -> None:
+        if self.pipes.get(pipe.name) is pipe:
+            del self.pipes[pipe.name]
+        self.observer.changed(pipe)
+
+    def ended(self, pipe: Pipe) -> None:
+        """A transfer finished or failed: its name is free again at once."""
+        if self.pipes.get(pipe.name) is pipe:
+            del self.pipes[pipe.name]
+        self.outcomes[pipe.reason or pipe.state.value] += 1
+        self.bytes_relayed += pipe.bytes_transferred
+        log.info(
+            "transfer {outcome}: {name} {bytes} bytes in {duration:.3f}s",
+            outcome=pipe.state.value,
+            name=pipe.name,
+            bytes=pipe.bytes_transferred,
+            duration=(pipe.finished_at or 0) - pipe.started_at,
+            reason=pipe.reason,
+        )
+        self.observer.ended(pipe)

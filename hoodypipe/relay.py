@@ -1,0 +1,106 @@
+"""Moving bytes: the sender's body to every receiver, in lockstep.
+
+Nothing is queued here. Each chunk is written to every receiver's transport
+as it arrives; when any receiver's transport buffer fills, Twisted pauses
+that receiver's producer (a ``_ReceiverFlow``), and the relay stops reading
+the sender's socket until every receiver has drained. So the slowest
+receiver paces the transfer, and the daemon holds about one socket read
+per receiver on top of the transports' own buffers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IPushProducer
+
+if TYPE_CHECKING:
+    from hoodypipe.pipes import ReceiverParty, SenderParty
+
+
+@implementer(IPushProducer)
+class _ReceiverFlow:
+    """Registered on one receiver: its transport says when its buffer is full."""
+
+    def __init__(self, relay: Relay, receiver: ReceiverParty) -> None:
+        self.relay = relay
+        self.receiver = receiver
+
+    def pauseProducing(self) -> None:
+        self.relay._blocked_by(self.receiver)
+
+    def resumeProducing(self) -> None:
+        self.relay._unblocked_by(self.receiver)
+
+    def stopProducing(self) -> None:
+        # The connection is going away; the pipe hears of it from the request.
+        pass
+
+
+class Relay:
+    """Lockstep fan-out from one sender to N receivers."""
+
+    def __init__(self, sender: SenderParty, receivers: list[ReceiverParty]) -> None:
+        self.sender = sender
+        self.receivers = list(receivers)
+        self.bytes = 0
+        # Bumped on every chunk and every drain: the idle check compares it.
+        self.activity = 0
+        self._blocked: set[int] = set()
+        self._on_flushed: Callable[[], None] | None = None
+
+    def start(self, early: list[bytes]) -> None:
+        for receiver in self.receivers:
+            receiver.watch_flow(_ReceiverFlow(self, receiver))
+        for chunk in early:
+            self.write(chunk)
+        if not self._blocked:
+            self.sender.resume_reading()
+
+    def write(self, chunk: bytes) -> None:
+        # The hot path: one call per decoded piece of the sender's body.
+        for receiver in self.receivers:
+            receiver.write(chunk)
+        self.bytes += len(chunk)
+        self.activity += 1
+
+    def remove(self, receiver: ReceiverParty) -> bool:
+        """Drop a receiver that left; False if it was not here."""
+        if receiver not in self.receivers:
+            return False
+        self.receivers.remove(receiver)
+        self._unblocked_by(receiver)
+        return True
+
+    def when_flushed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no receiver's transport buffer is full.
+
+        A receiver that was paused is resumed only when its transport has
+        handed everything it held to the kernel, so at that point the data
+        is on its way; the rest (less than one buffer) is flushed by the
+        transport before it closes.
+        """
+        if self._blocked:
+            self._on_flushed = callback
+        else:
+            callback()
+
+    def _blocked_by(self, receiver: ReceiverParty) -> None:
+        if not self._blocked:
+            self.sender.pause_reading()
+        self._blocked.add(id(receiver))
+
+    def _unblocked_by(self, receiver: ReceiverParty) -> None:
+        if id(receiver) not in self._blocked:
+            return
+        self._blocked.discard(id(receiver))
+        self.activity += 1
+        if self._blocked:
+            return
+        if self._on_flushed is not None:
+            callback, self._on_flushed = self._on_flushed, None
+            callback()
+        else:
+            self.sender.resume_reading()

@@ -1,0 +1,108 @@
+"""``twistd hoodypipe``: options, and the wiring of one daemon."""
+
+from __future__ import annotations
+
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from hoodypipe.hub import Hub, HubLimits
+from hoodypipe.pipes import Limits, Registry
+from hoodypipe.service import PipeService
+from hoodypipe.upload import PipeSite
+from hoodypipe.web import PipeWeb
+
+
+def _count(low: int, high: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise usage.UsageError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise usage.UsageError(f"{value} is out of range: must be {bound}")
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float | None = None):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise usage.UsageError(f"{text!r} is not a number of seconds") from None
+        if not value >= low or (high is not None and value > high):
+            bound = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+            raise usage.UsageError(f"{value:g} seconds is out of range: must be {bound}")
+        return value
+
+    return parse
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Relay HTTP streams from one sender to N receivers, with a live ?progress side channel. "
+        "Serves http://0.0.0.0:8080 unless told otherwise."
+    )
+    optParameters = [
+        ["max-receivers", None, 256, "Largest n a pipe may ask for.", _count(1, 10000)],
+        ["max-pending", None, 1000, "Pipes waiting for their parties, daemon-wide.", _count(1)],
+        ["max-active", None, 1000, "Pipes streaming, daemon-wide.", _count(1)],
+        ["wait-timeout", None, 300.0, "Seconds a party waits for its peers (per request: ?wait=).", _seconds(0.001, 3600)],
+        ["idle-timeout", None, 300.0, "Seconds without a byte moved before a transfer fails.", _seconds(0.001)],
+        ["max-spectators", None, 50, "Streaming spectators per path.", _count(1)],
+        ["max-watched-paths", None, 500, "Paths with spectators, daemon-wide.", _count(1)],
+        ["spectator-window", None, 300.0, "Seconds before a spectator stream is closed (clients reconnect).", _seconds(0.001)],
+        ["progress-interval", None, 0.25, "Seconds between progress events.", _seconds(0.01, 60)],
+        ["retain", None, 86400.0, "Seconds a finished transfer's final state stays readable.", _seconds(0)],
+        ["drain-timeout", None, 60.0, "On SIGTERM, seconds streaming transfers may run on.", _seconds(0)],
+        ["port-file", None, None, "Write the listening addresses here once listening (for tests and scripts)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on this endpoint (repeatable), e.g. tcp:8080, unix:/run/hoodypipe.sock."""
+        from twisted.internet import reactor
+
+        try:
+            serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as error:
+            raise usage.UsageError(f"invalid --listen endpoint {description!r}: {error}") from None
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = ["tcp:8080"]
+
+
+def makeService(config: Options, reactor=None) -> PipeService:
+    if reactor is None:
+        from twisted.internet import reactor
+    limits = Limits(
+        max_receivers=config["max-receivers"],
+        max_pending=config["max-pending"],
+        max_active=config["max-active"],
+        wait_timeout=config["wait-timeout"],
+        idle_timeout=config["idle-timeout"],
+    )
+    registry = Registry(reactor, limits)
+    hub = Hub(
+        reactor,
+        registry,
+        HubLimits(
+            max_spectators=config["max-spectators"],
+            max_watched_paths=config["max-watched-paths"],
+            window=config["spectator-window"],
+            interval=config["progress-interval"],
+            retain=config["retain"],
+        ),
+    )
+    web = PipeWeb(registry, hub, reactor)
+    site = PipeSite(web.resource(), registry, reactor)
+    endpoints = [serverFromString(reactor, description) for description in config["listen"]]
+    return PipeService(reactor, site, registry, hub, endpoints, config["drain-timeout"], config["port-file"])

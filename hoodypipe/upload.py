@@ -1,0 +1,313 @@
+"""The upload path: a sender's body is relayed while it arrives.
+
+twisted.web's ``Request`` stores the whole body and only then calls
+``process()``, so a pipe cannot use it for senders. ``PipeRequest`` takes
+over at the end of the headers (``gotLength``): a PUT or POST becomes an
+``Upload`` there, each decoded piece of the body goes straight to the pipe
+(``handleContentChunk``), and the end of the body (``requestReceived``)
+never reaches the resource tree. Every other request is left to twisted.web
+and the Klein app.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web import http, server
+
+from hoodypipe.errors import HTTPError
+from hoodypipe.headers import SenderHeaders
+from hoodypipe.names import parse_target
+
+if TYPE_CHECKING:
+    from hoodypipe.pipes import Pipe, Registry
+
+log = Logger()
+
+UPLOAD_METHODS = (b"PUT", b"POST")
+# A refused upload's body up to this size is read and dropped so the
+# connection stays usable; a larger one closes the connection.
+DRAIN_LIMIT = 1024 * 1024
+# How long a connection closed mid-upload keeps reading (and dropping) what
+# the client still sends, so that its last status line is not lost to a
+# reset when the socket closes with unread data.
+LINGER_SECONDS = 10.0
+TEXT_PLAIN = b"text/plain; charset=utf-8"
+
+
+class PipeSite(server.Site):
+    """A Site whose channels stream uploads into the pipe registry."""
+
+    def __init__(self, resource, registry: Registry, clock: IReactorTime, **kwargs):
+        kwargs.setdefault("requestFactory", PipeRequest)
+        kwargs.setdefault("reactor", clock)
+        super().__init__(resource, **kwargs)
+        self.registry = registry
+        self.clock = clock
+        self.channels: set[PipeChannel] = set()
+        self.protocol = PipeChannel  # type: ignore[assignment]
+        # A form-typed POST would otherwise be parsed into memory.
+        self._parsePOSTFormSubmission = False
+
+    def close_idle(self) -> int:
+        """Close connections between requests; return how many are still open."""
+        for channel in list(self.channels):
+            if not channel.requests:
+                channel.loseConnection()
+        return len(self.channels)
+
+
+class PipeChannel(http.HTTPChannel):
+    """HTTPChannel that tolerates an upload answered before its body ended."""
+
+    _linger = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.channels.add(self)
+
+    def allContentReceived(self) -> None:
+        if not self.requests:
+            # The upload's response was finished (and the connection is
+            # closing) before the rest of its body arrived.
+            return
+        super().allContentReceived()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._linger is not None:
+            return
+        super().dataReceived(data)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        request = self.requests[-1] if self.requests else None
+        upload = getattr(request, "upload", None)
+        if upload is not None and upload.answered:
+            # Bad chunked framing mid-stream: a bare "400" would land in the
+            # middle of the sender's status lines.
+            upload.malformed()
+            return
+        body = b"[ERROR] Bad request.\n"
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.loseConnection()
+
+    def lingerAndClose(self, clock: IReactorTime) -> None:
+        """Close our side, drop whatever the client still sends, then go."""
+        self.persistent = False
+        if self._linger is not None or self.transport is None:
+            return
+        self._linger = clock.callLater(LINGER_SECONDS, self.transport.abortConnection)
+        self._networkProducer.unregisterProducer()
+        self.transport.resumeProducing()
+        loseWrite = getattr(self.transport, "loseWriteConnection", None)
+        (loseWrite or self.transport.loseConnection)()
+
+    def loseConnection(self) -> None:
+        if self._linger is not None:
+            return  # already closing, gently
+        super().loseConnection()
+
+    def connectionLost(self, reason) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self.site.channels.discard(self)
+        super().connectionLost(reason)
+
+
+class PipeRequest(server.Request):
+    """A Request that turns PUT and POST into streaming uploads."""
+
+    # twisted.web would add "Content-Type: text/html" to every response,
+    # receivers' included; every response here sets its own.
+    defaultContentType = None
+    upload: Upload | None = None
+
+    def gotLength(self, length: int | None) -> None:
+        channel = self.channel
+        command = channel._command
+        if command.upper() not in UPLOAD_METHODS:
+            return super().gotLength(length)
+        # End of headers: method and path are still only on the channel.
+        self.method, self.uri, self.clientproto = command, channel._path, channel._version
+        self.path = self.uri.split(b"?", 1)[0]
+        self.args = {}
+        self.content = None
+        self.upload = Upload(self, channel.site.registry, channel.site.clock, length)
+        self.upload.begin()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.upload is None:
+            return super().handleContentChunk(data)
+        self.upload.chunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.upload is None:
+            return super().requestReceived(command, path, version)
+        # The body is complete; the response is the upload's to finish.
+        self.upload.body_complete()
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        if self.upload is not None:
+            self.upload.lost()
+
+
+class Upload:
+    """The sender party of a pipe (see ``pipes.SenderParty``)."""
+
+    def __init__(self, request: PipeRequest, registry: Registry, clock: IReactorTime, length: int | None):
+        self.request = request
+        self.registry = registry
+        self.clock = clock
+        self.length = length
+        self.n = 1
+        self.wait = registry.limits.wait_timeout
+        self.headers: SenderHeaders
+        self.pipe: Pipe | None = None
+        self.answered = False
+        self.refused = False
+        self.body_done = False
+        self.closed = False
+        self._reading = True
+        self._dropped = 0
+        self._continue = False
+        self._saved_timeout = None
+
+    # -- from the channel --------------------------------------------------------
+
+    def begin(self) -> None:
+        request = self.request
+        expect = request.requestHeaders.getRawHeaders(b"Expect")
+        # Twisted would write "100 Continue" after gotLength returns, into the
+        # middle of our response: take the header and answer it ourselves.
+        request.requestHeaders.removeHeader(b"Expect")
+        self._continue = bool(expect) and expect[0].lower() == b"100-continue" and request.clientproto == b"HTTP/1.1"
+        try:
+            target = parse_target(request.uri)
+            if target.page is not None:
+                raise HTTPError(400, f"Cannot {request.method.decode('latin-1')} to a reserved path.")
+            query = target.query
+            if query.flag("progress") or query.flag("status"):
+                raise HTTPError(400, "?progress and ?status are read-only: send with PUT or POST on the plain URL.")
+            limits = self.registry.limits
+            self.n = query.integer("n", 1, limits.max_receivers, 1)
+            self.wait = query.integer("wait", 1, 3600, int(limits.wait_timeout))
+            self.headers = SenderHeaders.read(request.requestHeaders)
+            # Not a byte is read until the receivers are here.
+            self.pause_reading()
+            self._saved_timeout = request.channel.setTimeout(None)
+            self.pipe = self.registry.add_sender(target.name, self)
+        except HTTPError as error:
+            self._refuse(error)
+
+    def chunk(self, data: bytes) -> None:
+        if self.pipe is not None:
+            self.pipe.data(data)
+        elif self.refused:
+            self._dropped += len(data)
+            if self._dropped > DRAIN_LIMIT and not self.closed:
+                self.closed = True
+                self.request.channel.lingerAndClose(self.clock)
+
+    def body_complete(self) -> None:
+        self.body_done = True
+        if self.refused:
+            if not self.closed:
+                self.closed = True
+                self.request.finish()
+        elif self.pipe is not None:
+            self.pipe.upload_complete()
+
+    def malformed(self) -> None:
+        if self.pipe is not None:
+            self.pipe.fail("Malformed upload")
+        if not self.closed:
+            self.end("Malformed upload")
+
+    def lost(self) -> None:
+        self.closed = True
+        if self.pipe is not None:
+            self.pipe.sender_lost()
+
+    # -- refusing early ------------------------------------------------------------
+
+    def _refuse(self, error: HTTPError) -> None:
+        """Answer an upload that never joins a pipe, keeping the connection if we can."""
+        request = self.request
+        self.refused = True
+        self.registry.rejections[error.code] += 1
+        self.resume_reading()
+        if self._saved_timeout is not None:
+            request.channel.setTimeout(self._saved_timeout)
+        body = error.line
+        request.setResponseCode(error.code)
+        for name, value in error.headers.items():
+            request.setHeader(name, value)
+        request.setHeader(b"Content-Type", TEXT_PLAIN)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        # Without "100 Continue" the client will not send its body; a large
+        # body is not worth draining.
+        keep = not self._continue and self.length is not None and self.length <= DRAIN_LIMIT
+        if not keep:
+            request.setHeader(b"Connection", b"close")
+            request.channel.persistent = False
+        request.write(body)
+        if not keep:
+            self.closed = True
+            request.channel.lingerAndClose(self.clock)
+        # else: finished in body_complete(), once the body has been dropped.
+
+    # -- as the pipe's sender party ------------------------------------------------
+
+    def _answer(self) -> None:
+        if self.answered:
+            return
+        self.answered = True
+        request = self.request
+        if self._continue:
+            request.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", TEXT_PLAIN)
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")
+
+    def say(self, text: str) -> None:
+        if self.closed:
+            return
+        self._answer()
+        self.request.write(f"[INFO] {text}\n".encode())
+
+    def pause_reading(self) -> None:
+        if self._reading and not self.closed:
+            self._reading = False
+            self.request.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self.closed:
+            self._reading = True
+            self.request.transport.resumeProducing()
+
+    def end(self, error: str | None) -> None:
+        """The last line, then close the response."""
+        self.pipe = None
+        if self.closed:
+            return
+        self._answer()
+        request = self.request
+        line = "[INFO] Transfer complete.\n" if error is None else f"[ERROR] {error}.\n"
+        request.write(line.encode())
+        self.closed = True
+        channel = request.channel
+        if self.body_done:
+            self.resume_reading()
+            channel.setTimeout(self._saved_timeout)
+            request.finish()
+        else:
+            # The body is still coming: the connection cannot be reused.
+            channel.lingerAndClose(self.clock)
+            request.finish()

@@ -1,0 +1,299 @@
+"""The Klein app: receivers, the side channel, and the pages.
+
+Senders never get here (see ``upload.py``). One catch-all route classifies
+the raw target with ``names.parse_target``, because werkzeug would see a
+decoded path in which ``a%2Fb`` and ``a/b`` look alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from importlib.resources import files
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+from werkzeug.routing import BaseConverter
+
+from hoodypipe import __version__
+from hoodypipe.download import Download
+from hoodypipe.errors import HTTPError
+from hoodypipe.hub import Hub, json_body
+from hoodypipe.metrics import Metrics
+from hoodypipe.names import PREFIX, Target, parse_target
+from hoodypipe.pipes import Registry
+from hoodypipe.progress import rfc3339
+
+PIPE_METHODS = b"GET, PUT, POST, OPTIONS"
+CORS_HEADERS = b"Content-Type, Content-Disposition, X-Piping, X-Hoody-Pipe, X-Pipe-Size"
+FORMATS = {"text/html": "html", "text/event-stream": "sse", "application/json": "json", "text/plain": "text"}
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+class _Everything(BaseConverter):
+    """Matches any path, empty and leading-slash ones included."""
+
+    regex = ".*"
+    part_isolating = False
+
+
+def choose_format(accept: bytes | None) -> str:
+    """The first of our four types the client lists with q>0, by preference; else SSE."""
+    if not accept:
+        return "sse"
+    ranked: list[tuple[float, int, str]] = []
+    for order, item in enumerate(accept.decode("latin-1").split(",")):
+        media, *params = [p.strip() for p in item.split(";")]
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > 0:
+            ranked.append((-q, order, media.lower()))
+    for _, _, media in sorted(ranked):
+        if media in FORMATS:
+            return FORMATS[media]
+    return "sse"
+
+
+def base_url(request: IRequest) -> str:
+    """The URL clients used to reach us, from a ``Host`` that looks like one."""
+    scheme = "https" if request.isSecure() else "http"
+    host = (request.getHeader(b"Host") or b"").decode("latin-1").strip()
+    if not _HOST.match(host):
+        address = request.getHost()
+        host = f"{getattr(address, 'host', 'localhost')}:{getattr(address, 'port', 80)}"
+    return f"{scheme}://{host}"
+
+
+def _fds() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+def _rss() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PipeWeb:
+    """Everything that answers a GET, HEAD or OPTIONS."""
+
+    app = Klein()
+    app.url_map.converters["everything"] = _Everything
+    app.url_map.merge_slashes = False
+
+    def __init__(self, registry: Registry, hub: Hub, clock: IReactorTime, metrics: Metrics | None = None) -> None:
+        self.registry = registry
+        self.hub = hub
+        self.clock = clock
+        self.metrics = metrics or Metrics(registry, hub)
+        self.started = clock.seconds()
+        self.templates = Environment(
+            loader=FileSystemLoader(str(files("hoodypipe.templates"))),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+        )
+        package = os.path.dirname(os.path.abspath(__file__))
+        self.built = rfc3339(os.path.getmtime(os.path.join(package, "__init__.py")))
+
+    def resource(self):
+        return self.app.resource()
+
+    @app.route("/<everything:rest>", strict_slashes=False, merge_slashes=False)
+    def dispatch(self, request: IRequest, rest: str) -> Any:
+        try:
+            target = parse_target(request.uri)
+            method = request.method.upper()
+            if target.page is not None:
+                return self.page(request, target, method)
+            return self.pipe(request, target, method)
+        except HTTPError as error:
+            return self.error(request, error)
+
+    # -- answers ---------------------------------------------------------------------
+
+    def error(self, request: IRequest, error: HTTPError) -> bytes:
+        self.registry.rejections[error.code] += 1
+        request.setResponseCode(error.code)
+        for name, value in error.headers.items():
+            request.setHeader(name, value)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        return error.line
+
+    def _json(self, request: IRequest, data: dict[str, Any]) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")
+        return json_body(data)
+
+    def _html(self, request: IRequest, template: str, **context: Any) -> bytes:
+        nonce = secrets.token_urlsafe(16)
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(
+            b"Content-Security-Policy",
+            (
+                f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+                "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+                "frame-ancestors 'none'"
+            ).encode(),
+        )
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.setHeader(b"Referrer-Policy", b"no-referrer")
+        return self.templates.get_template(template).render(nonce=nonce, version=__version__, **context).encode()
+
+    # -- pages -------------------------------------------------------------------------
+
+    def page(self, request: IRequest, target: Target, method: bytes) -> Any:
+        page = target.page
+        allowed = b"GET, HEAD, OPTIONS" if page == "health" else b"GET, HEAD"
+        if method not in allowed.split(b", "):
+            raise HTTPError(405, f"Method {method.decode('latin-1')} is not allowed.", {b"Allow": allowed})
+        if method == b"OPTIONS":
+            request.setHeader(b"Allow", allowed)
+            request.setHeader(b"Access-Control-Allow-Origin", b"*")
+            request.setHeader(b"Access-Control-Allow-Methods", allowed)
+            return b""
+        if page == "start":
+            return self._html(request, "index.html", base_url=base_url(request))
+        if page == "noscript":
+            return self._html(request, "noscript.html", base_url=base_url(request))
+        if page == "help":
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return self._help(base_url(request))
+        if page == "health":
+            return self._json(request, self._health(request))
+        if page == "metrics":
+            request.setHeader(b"Content-Type", self.metrics.content_type)
+            return self.metrics.render()
+        if page == "robots.txt":
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"User-agent: *\nDisallow: /\n"
+        # favicon.ico: nothing to show, and no 404 noise in browsers' consoles.
+        request.setResponseCode(204)
+        request.setHeader(b"Cache-Control", b"max-age=86400")
+        return b""
+
+    def _health(self, request: IRequest) -> dict[str, Any]:
+        agent = request.getHeader(b"User-Agent")
+        return {
+            "status": "ok",
+            "service": "hoodypipe",
+            "version": __version__,
+            "built": self.built,
+            "started": rfc3339(self.started),
+            "memory": {"rss": _rss(), "heap": None},
+            "fds": _fds(),
+            "pid": os.getpid(),
+            "ip": getattr(request.getClientAddress(), "host", None),
+            "userAgent": agent.decode("latin-1") if agent else None,
+        }
+
+    def _help(self, base: str) -> bytes:
+        url = f"{base}{PREFIX.decode()}"
+        return self.templates.get_template("help.txt").render(url=url, base=base, version=__version__).encode()
+
+    # -- a pipe name -------------------------------------------------------------------
+
+    def pipe(self, request: IRequest, target: Target, method: bytes) -> Any:
+        query = target.query
+        name = target.name
+        assert name is not None
+        if method == b"OPTIONS":
+            request.setHeader(b"Access-Control-Allow-Origin", b"*")
+            request.setHeader(b"Access-Control-Allow-Methods", PIPE_METHODS)
+            request.setHeader(b"Access-Control-Allow-Headers", CORS_HEADERS)
+            request.setHeader(b"Access-Control-Max-Age", b"86400")
+            request.setHeader(b"Content-Length", b"0")
+            return b""
+        status = query.flag("status")
+        if method == b"HEAD" and status:
+            return self._json(request, self.hub.snapshot(name))
+        if method != b"GET":
+            raise HTTPError(405, f"Method {method.decode('latin-1')} is not allowed.", {b"Allow": PIPE_METHODS})
+        if query.flag("progress"):
+            return self.progress(request, name, query.get("format"))
+        if status:
+            return self._json(request, self.hub.snapshot(name))
+        return self.receive(request, name, target)
+
+    def receive(self, request: IRequest, name: str, target: Target) -> Any:
+        query = target.query
+        if (request.getHeader(b"Service-Worker") or b"").lower() == b"script":
+            raise HTTPError(400, "A pipe cannot be registered as a service worker.")
+        limits = self.registry.limits
+        n = query.integer("n", 1, limits.max_receivers, 1)
+        wait = query.integer("wait", 1, 3600, int(limits.wait_timeout))
+        filename = query.get("filename")
+        download: bool | None = query.flag("download") if query.get("download") is not None else None
+        receiver = Download(
+            request,
+            n,
+            wait,
+            download=download,
+            filename=filename,
+            last_segment=_last_segment(name),
+        )
+        receiver.pipe = self.registry.add_receiver(name, receiver)
+        return receiver.done
+
+    def progress(self, request: IRequest, name: str, fmt: str | None) -> Any:
+        if fmt is not None and fmt not in FORMATS.values():
+            raise HTTPError(400, "Invalid format: use html, sse, json or text.")
+        kind = fmt or choose_format(request.getHeader(b"Accept"))
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")
+        request.setHeader(b"Vary", b"Accept")
+        if kind == "json":
+            return self._json(request, self.hub.snapshot(name))
+        if kind == "html":
+            base = base_url(request)
+            path = request.uri.split(b"?", 1)[0].decode("latin-1")
+            return self._html(
+                request,
+                "dashboard.html",
+                name=_display(name),
+                pipe_url=f"{base}{path}",
+                sse_url=f"{path}?progress&format=sse",
+                status_url=f"{path}?status",
+                snapshot=self.hub.snapshot(name),
+                interval_ms=int(self.hub.limits.interval * 1000),
+            )
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if kind == "sse":
+            request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        else:
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        spectator = self.hub.watch(name, request, kind)
+        return spectator.done
+
+
+def _display(name: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(name, errors="replace")
+
+
+def _last_segment(name: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(name.rstrip("/").rsplit("/", 1)[-1], errors="replace")
+
+
+__all__ = ["PipeWeb", "choose_format", "base_url", "json"]

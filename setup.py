@@ -1,0 +1,32 @@
+from setuptools import setup
+
+setup(
+    name="hoodypipe",
+    version="0.1.0",
+    description="HTTP pipe server: relay a stream from one sender to N receivers, with a live ?progress side channel",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=["hoodypipe", "hoodypipe.templates", "twisted.plugins"],
+    # The templates live in the top-level templates/ folder and ship as
+    # package data of hoodypipe.templates.
+    package_dir={"hoodypipe.templates": "templates"},
+    package_data={"hoodypipe.templates": ["*.html", "*.txt"]},
+    include_package_data=False,
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "klein>=24.8",
+        "treq>=24.9",
+        "jinja2>=3.1",
+        "prometheus-client>=0.20",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6",
+            "playwright>=1.40",
+        ],
+    },
+    zip_safe=False,
+)
