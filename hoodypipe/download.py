@@ -10,6 +10,7 @@ from twisted.web.iweb import IRequest
 
 from hoodypipe.errors import HTTPError
 from hoodypipe.headers import SenderHeaders
+from hoodypipe.relay import RECEIVER_BUFFER
 
 if TYPE_CHECKING:
     from hoodypipe.pipes import Pipe
@@ -63,6 +64,7 @@ class Download:
         self.request.write(data)
 
     def watch_flow(self, producer: IPushProducer) -> None:
+        self.request.channel.transport.bufferSize = RECEIVER_BUFFER
         self.request.registerProducer(producer, True)
 
     def finish(self) -> None:

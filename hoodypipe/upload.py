@@ -20,6 +20,7 @@ from twisted.web import http, server
 from hoodypipe.errors import HTTPError
 from hoodypipe.headers import SenderHeaders
 from hoodypipe.names import parse_target
+from hoodypipe.relay import READ_SIZE
 
 if TYPE_CHECKING:
     from hoodypipe.pipes import Pipe, Registry
@@ -199,6 +200,7 @@ class Upload:
             self.headers = SenderHeaders.read(request.requestHeaders)
             # Not a byte is read until the receivers are here.
             self.pause_reading()
+            request.transport.bufferSize = READ_SIZE
             self._saved_timeout = request.channel.setTimeout(None)
             self.pipe = self.registry.add_sender(target.name, self)
         except HTTPError as error:
