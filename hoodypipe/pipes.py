@@ -143,7 +143,8 @@ class Pipe:
         self._upload_done = False
         self._timers: dict[object, IDelayedCall] = {}
         self._idle_check: IDelayedCall | None = None
-        self._idle_mark = -1
+        self._idle_mark = 0
+        self._idle_since = 0.0
         self._enter(State.WAITING)
 
     # -- what spectators read ------------------------------------------------
@@ -352,21 +353,26 @@ class Pipe:
     # -- idle timeout ------------------------------------------------------------
 
     def _schedule_idle_check(self) -> None:
-        # One timer per pipe checks a counter, instead of re-arming a timer for
-        # every chunk on the hot path; it fires within 1.25x the timeout.
-        step = max(self.registry.limits.idle_timeout / 4, 0.001)
-        self._idle_check = self.clock.callLater(step, self._check_idle, step, 0.0)
+        # One timer per pipe compares the relay's activity counter, instead
+        # of re-arming a timer for every chunk on the hot path; a stall is
+        # caught within a quarter of the timeout after it is due.
+        self._idle_since = self.clock.seconds()
+        self._idle_check = self.clock.callLater(self._idle_step(), self._check_idle)
 
-    def _check_idle(self, step: float, quiet_for: float) -> None:
+    def _idle_step(self) -> float:
+        return max(self.registry.limits.idle_timeout / 4, 0.001)
+
+    def _check_idle(self) -> None:
         assert self.relay is not None
-        mark = self.relay.activity
-        quiet_for = quiet_for + step if mark == self._idle_mark else 0.0
-        self._idle_mark = mark
-        if quiet_for >= self.registry.limits.idle_timeout:
+        now = self.clock.seconds()
+        if self.relay.activity != self._idle_mark:
+            self._idle_mark = self.relay.activity
+            self._idle_since = now
+        if now - self._idle_since >= self.registry.limits.idle_timeout:
             self._idle_check = None
             self._fail(Reason.IDLE)
             return
-        self._idle_check = self.clock.callLater(step, self._check_idle, step, quiet_for)
+        self._idle_check = self.clock.callLater(self._idle_step(), self._check_idle)
 
     def _stop_idle_check(self) -> None:
         if self._idle_check is not None and self._idle_check.active():

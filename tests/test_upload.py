@@ -1,0 +1,243 @@
+"""The upload path in memory: real HTTPChannels over StringTransports."""
+
+from __future__ import annotations
+
+from hoodypipe.pipes import Limits
+from tests.memhttp import MemoryDaemon
+
+LINES_RECEIVER_FIRST = (
+    b"[INFO] Waiting for 1 receiver(s) to connect...\n"
+    b"[INFO] 1 receiver(s) already connected.\n"
+    b"[INFO] Streaming to 1 receiver(s)...\n"
+    b"[INFO] Upload complete.\n"
+    b"[INFO] Transfer complete.\n"
+)
+
+
+def test_receiver_first_then_chunked_sender():
+    d = MemoryDaemon()
+    receiver = d.receiver("/api/v1/pipe/a")
+    assert receiver.raw == b""  # waiting: nothing sent yet
+    sender = d.sender("/api/v1/pipe/a")
+    sender.chunk(b"hello ").chunk(b"world").end_chunks()
+    got = receiver.response()
+    assert got.status == 200 and got.body == b"hello world" and got.complete
+    assert "content-type" not in got.headers  # none invented
+    assert sender.response().body == LINES_RECEIVER_FIRST
+    assert sender.response().complete
+
+
+def test_sender_first_is_not_read_until_receiver_arrives():
+    d = MemoryDaemon()
+    sender = d.sender("/b")
+    assert not sender.reading
+    assert sender.response().body == b"[INFO] Waiting for 1 receiver(s) to connect...\n"
+    # Bytes that came with the headers are held, not lost.
+    sender.chunk(b"early")
+    receiver = d.receiver("/api/v1/pipe/b")
+    assert sender.reading
+    sender.chunk(b"-late").end_chunks()
+    assert receiver.response().body == b"early-late"
+    assert b"already connected" not in sender.raw
+
+
+def test_small_fixed_length_body_that_arrives_before_the_receiver():
+    d = MemoryDaemon()
+    sender = d.connect().request("PUT", "/c", b"0123456789", {"Content-Type": "application/x-tar"})
+    receiver = d.receiver("/c")
+    got = receiver.response()
+    assert got.body == b"0123456789" and got.complete
+    assert got.headers["content-length"] == "10"
+    assert got.headers["content-type"] == "application/x-tar"
+    assert sender.response().body.endswith(b"[INFO] Upload complete.\n[INFO] Transfer complete.\n")
+
+
+def test_expect_100_continue_is_answered_once_before_the_status_lines():
+    d = MemoryDaemon()
+    sender = d.sender("/e", {"Expect": "100-continue"})
+    assert sender.raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+    assert sender.raw.count(b"100 Continue") == 1
+
+
+def test_refused_expect_100_gets_no_continue_and_closes():
+    d = MemoryDaemon()
+    sender = d.sender("/e?n=0", {"Expect": "100-continue"})
+    assert sender.raw.startswith(b"HTTP/1.1 400 ")
+    assert b"100 Continue" not in sender.raw
+    assert sender.closing
+
+
+def test_backpressure_any_full_receiver_pauses_the_sender():
+    d = MemoryDaemon()
+    r1 = d.receiver("/bp?n=2")
+    r2 = d.receiver("/bp?n=2")
+    sender = d.sender("/bp?n=2")
+    assert sender.reading
+    # What a TCP transport does when its buffer passes the high-water mark.
+    r1.channel.pauseProducing()
+    assert not sender.reading
+    r2.channel.pauseProducing()
+    r1.channel.resumeProducing()
+    assert not sender.reading  # r2 is still full
+    r2.channel.resumeProducing()
+    assert sender.reading
+
+
+def test_transfer_complete_waits_for_a_full_receiver_to_drain():
+    d = MemoryDaemon()
+    receiver = d.receiver("/drain")
+    sender = d.sender("/drain")
+    sender.chunk(b"x" * 100)
+    receiver.channel.pauseProducing()
+    sender.end_chunks()
+    assert b"Upload complete" in sender.raw and b"Transfer complete" not in sender.raw
+    assert not receiver.response().complete
+    receiver.channel.resumeProducing()
+    assert b"Transfer complete" in sender.raw and receiver.response().complete
+
+
+def test_malformed_chunk_mid_stream_aborts_receivers_and_tells_the_sender():
+    d = MemoryDaemon()
+    receiver = d.receiver("/m")
+    sender = d.sender("/m")
+    sender.chunk(b"part")
+    sender.send(b"zz\r\nnot hex\r\n")
+    assert receiver.aborted
+    assert not receiver.response().complete
+    body = sender.response().body
+    assert body.endswith(b"[ERROR] Malformed upload.\n")
+    assert b"HTTP/1.1 400" not in sender.raw
+
+
+def test_sender_lost_mid_stream_aborts_every_receiver():
+    d = MemoryDaemon()
+    receivers = [d.receiver("/s?n=3") for _ in range(3)]
+    sender = d.sender("/s?n=3")
+    sender.chunk(b"partial")
+    sender.drop()
+    for receiver in receivers:
+        assert receiver.aborted and not receiver.response().complete
+        assert receiver.response().body == b"partial"
+
+
+def test_one_receiver_of_three_leaving_spares_the_rest():
+    d = MemoryDaemon()
+    receivers = [d.receiver("/r3?n=3") for _ in range(3)]
+    sender = d.sender("/r3?n=3")
+    sender.chunk(b"a")
+    receivers[0].drop()
+    sender.chunk(b"b").end_chunks()
+    assert b"[INFO] A receiver disconnected.\n" in sender.raw
+    assert sender.response().body.endswith(b"[INFO] Transfer complete.\n")
+    for receiver in receivers[1:]:
+        assert receiver.response().body == b"ab" and receiver.response().complete
+
+
+def test_last_receiver_leaving_stops_the_sender():
+    d = MemoryDaemon()
+    receiver = d.receiver("/last")
+    sender = d.sender("/last")
+    sender.chunk(b"a")
+    receiver.drop()
+    assert sender.response().body.endswith(b"[ERROR] All receivers disconnected before transfer completed.\n")
+    assert sender.response().complete
+    assert sender.closing  # its body never finished: no reuse
+
+
+def test_waiting_sender_outlives_the_channel_idle_timeout_then_times_out_itself():
+    d = MemoryDaemon(Limits(wait_timeout=300))
+    sender = d.sender("/w")
+    d.clock.advance(120)  # twisted.web's own idle timeout is 60 s
+    assert not sender.closing
+    d.clock.advance(181)
+    assert sender.response().body.endswith(b"[ERROR] Timed out waiting for receivers.\n")
+
+
+def test_waiting_receiver_times_out_with_408():
+    d = MemoryDaemon()
+    receiver = d.receiver("/w2?wait=2")
+    d.clock.advance(2)
+    got = receiver.response()
+    assert got.status == 408 and got.body == b"[ERROR] Timed out waiting for sender.\n"
+
+
+def test_idle_timeout_fails_a_stalled_transfer():
+    d = MemoryDaemon(Limits(idle_timeout=4))
+    receiver = d.receiver("/idle")
+    sender = d.sender("/idle")
+    for _ in range(10):  # a trickle keeps it alive
+        sender.chunk(b"x")
+        d.clock.advance(3)
+    assert not receiver.aborted
+    d.clock.advance(5)
+    assert receiver.aborted
+    assert sender.response().body.endswith(b"[ERROR] Idle timeout.\n")
+
+
+def test_keep_alive_survives_an_early_rejection_with_a_small_body():
+    d = MemoryDaemon()
+    conn = d.connect().request("PUT", "/k?n=abc", b"small body")
+    first = conn.response()
+    assert first.status == 400 and first.body.startswith(b"[ERROR] Invalid 'n'")
+    assert not conn.closing
+    conn.transport.clear()
+    conn.request("GET", "/api/v1/pipe/health")
+    assert conn.response().status == 200
+
+
+def test_form_typed_post_is_relayed_unparsed():
+    d = MemoryDaemon()
+    receiver = d.receiver("/form")
+    body = b"a=1&b=2"
+    d.connect().request("POST", "/form", body, {"Content-Type": "application/x-www-form-urlencoded"})
+    assert receiver.response().body == body
+
+
+def test_second_sender_is_refused_and_the_first_goes_on():
+    d = MemoryDaemon()
+    first = d.sender("/two")
+    second = d.sender("/two")
+    assert second.response().status == 400
+    assert second.response().body == b"[ERROR] Another sender is already connected to 'two'.\n"
+    receiver = d.receiver("/two")
+    first.chunk(b"ok").end_chunks()
+    assert receiver.response().body == b"ok"
+
+
+def test_max_active_refuses_the_starting_receiver_with_429():
+    d = MemoryDaemon(Limits(max_active=1))
+    d.receiver("/one")
+    d.sender("/one")
+    d.sender("/other")
+    late = d.receiver("/other")
+    assert late.response().status == 429
+    assert late.response().headers["retry-after"]
+
+
+def test_max_active_gives_a_starting_sender_its_error_line():
+    d = MemoryDaemon(Limits(max_active=1))
+    d.receiver("/one")
+    d.sender("/one")
+    waiting = d.receiver("/other")
+    sender = d.sender("/other")
+    assert sender.response().status == 200
+    assert sender.response().body.endswith(b"[ERROR] Server at maximum active transfer capacity.\n")
+    assert waiting.raw == b""  # the receiver keeps waiting
+
+
+def test_pending_cap():
+    d = MemoryDaemon(Limits(max_pending=2))
+    d.sender("/p1")
+    d.receiver("/p2")
+    third = d.sender("/p3")
+    assert third.response().status == 429
+
+
+def test_leaving_receiver_frees_its_slot():
+    d = MemoryDaemon()
+    first = d.receiver("/slot")
+    first.close()
+    second = d.receiver("/slot")
+    sender = d.sender("/slot")
+    sender.chunk(b"z").end_chunks()
+    assert second.response().body == b"z"
