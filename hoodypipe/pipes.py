@@ -180,6 +180,8 @@ class Pipe:
         self._check_join(sender.n)
         if self.sender is not None:
             raise HTTPError(400, f"Another sender is already connected to '{self.name}'.")
+        # Not a byte is read from the sender until its receivers are here.
+        sender.pause_reading()
         self.sender = sender
         self.total_bytes = sender.headers.total_bytes
         sender.say(f"Waiting for {self.n} receiver(s) to connect...")

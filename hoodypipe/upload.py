@@ -198,8 +198,6 @@ class Upload:
             self.n = query.integer("n", 1, limits.max_receivers, 1)
             self.wait = query.integer("wait", 1, 3600, int(limits.wait_timeout))
             self.headers = SenderHeaders.read(request.requestHeaders)
-            # Not a byte is read until the receivers are here.
-            self.pause_reading()
             request.transport.bufferSize = READ_SIZE
             self._saved_timeout = request.channel.setTimeout(None)
             self.pipe = self.registry.add_sender(target.name, self)

@@ -75,6 +75,14 @@ def base_url(request: IRequest) -> str:
     return f"{scheme}://{host}"
 
 
+def template_dir() -> str:
+    """Installed: the hoodypipe.templates package data; in a checkout: templates/."""
+    try:
+        return str(files("hoodypipe.templates"))
+    except ModuleNotFoundError:
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
+
+
 def _fds() -> int | None:
     try:
         return len(os.listdir("/proc/self/fd"))
@@ -104,7 +112,7 @@ class PipeWeb:
         self.metrics = metrics or Metrics(registry, hub)
         self.started = clock.seconds()
         self.templates = Environment(
-            loader=FileSystemLoader(str(files("hoodypipe.templates"))),
+            loader=FileSystemLoader(template_dir()),
             autoescape=select_autoescape(default=True, default_for_string=True),
         )
         package = os.path.dirname(os.path.abspath(__file__))

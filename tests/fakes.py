@@ -1,0 +1,65 @@
+"""Verified in-memory parties for the pipe state machine."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IPushProducer
+
+from hoodypipe.errors import HTTPError
+from hoodypipe.headers import SenderHeaders
+from twisted.web.http_headers import Headers
+
+
+class FakeSender:
+    def __init__(self, n: int = 1, wait: float = 300, headers: Headers | None = None) -> None:
+        self.n = n
+        self.wait = wait
+        self.headers = SenderHeaders.read(headers or Headers())
+        self.lines: list[str] = []
+        self.reading = True
+        self.ended: str | None | bool = False
+
+    def say(self, text: str) -> None:
+        self.lines.append(f"[INFO] {text}")
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def end(self, error: str | None) -> None:
+        assert self.ended is False, "ended twice"
+        self.ended = error
+        self.lines.append("[INFO] Transfer complete." if error is None else f"[ERROR] {error}.")
+
+
+class FakeReceiver:
+    def __init__(self, n: int = 1, wait: float = 300) -> None:
+        self.n = n
+        self.wait = wait
+        self.body = b""
+        self.begun = False
+        self.finished = False
+        self.aborted = False
+        self.refused: HTTPError | None = None
+        self.producer: IPushProducer | None = None
+
+    def begin(self, headers: SenderHeaders) -> None:
+        self.begun = True
+
+    def write(self, data: bytes) -> None:
+        assert self.begun and not (self.finished or self.aborted)
+        self.body += data
+
+    def finish(self) -> None:
+        self.finished = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def refuse(self, error: HTTPError) -> None:
+        self.refused = error
+
+    def watch_flow(self, producer: IPushProducer) -> None:
+        assert IPushProducer.providedBy(producer)
+        self.producer = producer
