@@ -389,6 +389,8 @@ class Pipe:
         self.state = state
         self.history.append((state, self.clock.seconds()))
         self.registry.transition(self)
+        if state is State.STREAMING:
+            self.registry.observer.changed(self)
 
 
 class Registry:
