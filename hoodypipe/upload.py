@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import http, server
 
+from hoodypipe.chunked import ChunkedDecoder
 from hoodypipe.errors import HTTPError
 from hoodypipe.headers import SenderHeaders
 from hoodypipe.names import parse_target
@@ -80,6 +81,13 @@ class PipeChannel(http.HTTPChannel):
         if self._linger is not None:
             return
         super().dataReceived(data)
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        ok = super()._maybeChooseTransferDecoder(header, data)
+        decoder = self._transferDecoder
+        if ok and isinstance(decoder, http._ChunkedTransferDecoder):
+            self._transferDecoder = ChunkedDecoder(decoder.dataCallback, decoder.finishCallback)
+        return ok
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         request = self.requests[-1] if self.requests else None

@@ -1,0 +1,107 @@
+"""A chunked transfer-coding decoder for the upload hot path.
+
+twisted.web's decoder keeps a bytearray and deletes each chunk from its
+front, so a 1 MiB socket read holding sixteen 64 KiB chunks from curl is
+moved in memory sixteen times. This one walks each read with offsets and
+hands the pipe one piece per read: the payload of every chunk in it,
+joined once. Framing errors raise twisted.web's own
+``_MalformedChunkedDataError``, which HTTPChannel turns into
+``_respondToBadRequestAndDisconnect`` (see ``upload.PipeChannel``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from twisted.web.http import _MalformedChunkedDataError
+
+MAX_SIZE_LINE = 1024  # a chunk-size line with extensions
+MAX_TRAILERS = 16 * 1024
+_HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
+
+_SIZE, _BODY, _CRLF, _TRAILER, _DONE = range(5)
+
+
+class ChunkedDecoder:
+    """Decode ``Transfer-Encoding: chunked`` (RFC 9112 section 7.1)."""
+
+    def __init__(self, dataCallback: Callable[[bytes], None], finishCallback: Callable[[bytes], None]) -> None:
+        self.dataCallback = dataCallback
+        self.finishCallback = finishCallback
+        self._state = _SIZE
+        self._left = 0  # bytes still to come in the current chunk
+        self._tail = b""  # an incomplete size line, CRLF or trailer
+        self._trailers = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._state == _DONE:
+            raise RuntimeError("chunked body already finished")
+        if self._tail:
+            data = self._tail + data
+            self._tail = b""
+        view = memoryview(data)
+        pieces: list[memoryview] = []
+        pos, end = 0, len(data)
+        try:
+            while pos < end:
+                state = self._state
+                if state == _BODY:
+                    take = min(self._left, end - pos)
+                    pieces.append(view[pos : pos + take])
+                    pos += take
+                    self._left -= take
+                    if not self._left:
+                        self._state = _CRLF
+                elif state == _CRLF:
+                    if end - pos < 2:
+                        self._tail = data[pos:]
+                        return
+                    if data[pos : pos + 2] != b"\r\n":
+                        raise _MalformedChunkedDataError("chunk data not followed by CRLF")
+                    pos += 2
+                    self._state = _SIZE
+                elif state == _SIZE:
+                    eol = data.find(b"\r\n", pos, pos + MAX_SIZE_LINE + 2)
+                    if eol < 0:
+                        if end - pos > MAX_SIZE_LINE:
+                            raise _MalformedChunkedDataError("chunk-size line too long")
+                        self._tail = data[pos:]
+                        return
+                    size = data[pos:eol].split(b";", 1)[0].rstrip(b" \t")
+                    if not _HEX.fullmatch(size):
+                        raise _MalformedChunkedDataError("bad chunk size")
+                    pos = eol + 2
+                    self._left = int(size, 16)
+                    self._state = _BODY if self._left else _TRAILER
+                else:  # _TRAILER: header lines until an empty one
+                    eol = data.find(b"\r\n", pos)
+                    if eol < 0:
+                        if self._trailers + end - pos > MAX_TRAILERS:
+                            raise _MalformedChunkedDataError("trailers too long")
+                        self._tail = data[pos:]
+                        return
+                    if eol == pos:
+                        self._state = _DONE
+                        self._deliver(pieces)
+                        pieces = []
+                        self.finishCallback(data[eol + 2 :])
+                        return
+                    self._trailers += eol + 2 - pos
+                    if self._trailers > MAX_TRAILERS:
+                        raise _MalformedChunkedDataError("trailers too long")
+                    pos = eol + 2
+        finally:
+            # Whatever payload this read held goes on, even before an error.
+            self._deliver(pieces)
+
+    def _deliver(self, pieces: list[memoryview]) -> None:
+        if pieces:
+            self.dataCallback(b"".join(pieces))
+            pieces.clear()
+
+    def noMoreData(self) -> None:
+        if self._state != _DONE:
+            from twisted.web.http import _DataLoss
+
+            raise _DataLoss()
