@@ -3,8 +3,9 @@
 twisted.web's decoder keeps a bytearray and deletes each chunk from its
 front, so a 1 MiB socket read holding sixteen 64 KiB chunks from curl is
 moved in memory sixteen times. This one walks each read with offsets and
-hands the pipe one piece per read: the payload of every chunk in it,
-joined once. Framing errors raise twisted.web's own
+calls ``dataCallback`` once per read with a list of memoryviews over it:
+the payload of every chunk in the read, not yet copied (the relay joins it
+once, with its framing; see ``relay.Frame``). Framing errors raise twisted.web's own
 ``_MalformedChunkedDataError``, which HTTPChannel turns into
 ``_respondToBadRequestAndDisconnect`` (see ``upload.PipeChannel``).
 """
@@ -97,8 +98,9 @@ class ChunkedDecoder:
 
     def _deliver(self, pieces: list[memoryview]) -> None:
         if pieces:
-            self.dataCallback(b"".join(pieces))
+            delivered = pieces[:]
             pieces.clear()
+            self.dataCallback(delivered)
 
     def noMoreData(self) -> None:
         if self._state != _DONE:

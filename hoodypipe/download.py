@@ -10,7 +10,7 @@ from twisted.web.iweb import IRequest
 
 from hoodypipe.errors import HTTPError
 from hoodypipe.headers import SenderHeaders
-from hoodypipe.relay import RECEIVER_BUFFER
+from hoodypipe.relay import RECEIVER_BUFFER, Frame
 
 if TYPE_CHECKING:
     from hoodypipe.pipes import Pipe
@@ -59,12 +59,19 @@ class Download:
             request.responseHeaders.addRawHeader(name, value)
         # Send the status line and headers now, not with the first byte.
         request.write(b"")
+        self.transport = request.channel.transport
 
-    def write(self, data: bytes) -> None:
-        self.request.write(data)
+    def write(self, frame: Frame) -> None:
+        # Straight to the transport: the framing is done once per read for
+        # every receiver (see relay.Frame), not by Request.write for each.
+        self.transport.write(frame.chunked() if self.request.chunked else frame.plain())
 
     def watch_flow(self, producer: IPushProducer) -> None:
-        self.request.channel.transport.bufferSize = RECEIVER_BUFFER
+        transport = self.transport
+        transport.bufferSize = RECEIVER_BUFFER
+        # Twisted sends at most 128 KiB per write call, one call per reactor
+        # turn: let a whole buffer go to the kernel at once.
+        transport.SEND_LIMIT = RECEIVER_BUFFER
         self.request.registerProducer(producer, True)
 
     def finish(self) -> None:

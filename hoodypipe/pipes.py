@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from hoodypipe.errors import HTTPError
 from hoodypipe.headers import SenderHeaders
-from hoodypipe.relay import Relay
+from hoodypipe.relay import Frame, Relay
 
 log = Logger()
 
@@ -78,7 +78,7 @@ class ReceiverParty(Protocol):
 
     def begin(self, headers: SenderHeaders) -> None: ...
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, frame: Frame) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -139,7 +139,7 @@ class Pipe:
         self.total_bytes: int | None = None
         # Bytes read before the start: reading is paused from the end of the
         # sender's headers, so this is at most what one socket read brought.
-        self._early: list[bytes] = []
+        self._early: list = []
         self._upload_done = False
         self._timers: dict[object, IDelayedCall] = {}
         self._idle_check: IDelayedCall | None = None
@@ -258,12 +258,12 @@ class Pipe:
         if self._upload_done:
             self._finish_upload()
 
-    def data(self, chunk: bytes) -> None:
-        """A piece of the sender's body: the hot path."""
+    def data(self, data: bytes | list) -> None:
+        """What one socket read brought of the sender's body: the hot path."""
         if self.relay is not None:
-            self.relay.write(chunk)
+            self.relay.write(data)
         elif not self.finished:
-            self._early.append(chunk)
+            self._early.append(data)
 
     def upload_complete(self) -> None:
         """The sender's body arrived in full."""

@@ -26,6 +26,36 @@ if TYPE_CHECKING:
     from hoodypipe.pipes import ReceiverParty, SenderParty
 
 
+class Frame:
+    """One read of the sender's body, as each kind of receiver sends it.
+
+    The decoder hands over the payload of every chunk in one socket read as
+    a list of memoryviews; each form is joined at most once, however many
+    receivers there are, and a receiver's transport then holds that one
+    bytes object (a single item is sent without another copy).
+    """
+
+    __slots__ = ("pieces", "size", "_plain", "_chunked")
+
+    def __init__(self, data: bytes | list) -> None:
+        self.pieces = data if isinstance(data, list) else [data]
+        self.size = sum(len(p) for p in self.pieces)
+        self._plain: bytes | None = None
+        self._chunked: bytes | None = None
+
+    def plain(self) -> bytes:
+        if self._plain is None:
+            pieces = self.pieces
+            self._plain = pieces[0] if len(pieces) == 1 and type(pieces[0]) is bytes else b"".join(pieces)
+        return self._plain
+
+    def chunked(self) -> bytes:
+        """The same bytes with HTTP/1.1 chunked framing around them."""
+        if self._chunked is None:
+            self._chunked = b"".join([b"%x\r\n" % self.size, *self.pieces, b"\r\n"])
+        return self._chunked
+
+
 @implementer(IPushProducer)
 class _ReceiverFlow:
     """Registered on one receiver: its transport says when its buffer is full."""
@@ -57,7 +87,7 @@ class Relay:
         self._blocked: set[int] = set()
         self._on_flushed: Callable[[], None] | None = None
 
-    def start(self, early: list[bytes]) -> None:
+    def start(self, early: list) -> None:
         for receiver in self.receivers:
             receiver.watch_flow(_ReceiverFlow(self, receiver))
         for chunk in early:
@@ -65,11 +95,14 @@ class Relay:
         if not self._blocked:
             self.sender.resume_reading()
 
-    def write(self, chunk: bytes) -> None:
-        # The hot path: one call per decoded piece of the sender's body.
+    def write(self, data: bytes | list) -> None:
+        # The hot path: one call per socket read of the sender's body.
+        frame = Frame(data)
+        if not frame.size:
+            return
         for receiver in self.receivers:
-            receiver.write(chunk)
-        self.bytes += len(chunk)
+            receiver.write(frame)
+        self.bytes += frame.size
         self.activity += 1
 
     def remove(self, receiver: ReceiverParty) -> bool:

@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from hoodypipe.malloc import keep_buffers
 from hoodypipe.pipes import Reason, State
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class PipeService(Service):
 
     def startService(self) -> None:
         super().startService()
+        keep_buffers()
         self.hub.start()
         self.listening = defer.gatherResults([e.listen(self.site) for e in self.endpoints], consumeErrors=True)
         self.listening.addCallback(self._listening)

@@ -148,9 +148,10 @@ class PipeRequest(server.Request):
         self.upload = Upload(self, channel.site.registry, channel.site.clock, length)
         self.upload.begin()
 
-    def handleContentChunk(self, data: bytes) -> None:
+    def handleContentChunk(self, data: bytes | list) -> None:
+        # ``data`` is bytes, or a list of memoryviews from chunked.ChunkedDecoder.
         if self.upload is None:
-            return super().handleContentChunk(data)
+            return super().handleContentChunk(data if isinstance(data, bytes) else b"".join(data))
         self.upload.chunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -212,11 +213,11 @@ class Upload:
         except HTTPError as error:
             self._refuse(error)
 
-    def chunk(self, data: bytes) -> None:
+    def chunk(self, data: bytes | list) -> None:
         if self.pipe is not None:
             self.pipe.data(data)
         elif self.refused:
-            self._dropped += len(data)
+            self._dropped += len(data) if isinstance(data, bytes) else sum(map(len, data))
             if self._dropped > DRAIN_LIMIT and not self.closed:
                 self.closed = True
                 self.request.channel.lingerAndClose(self.clock)

@@ -47,9 +47,9 @@ class FakeReceiver:
     def begin(self, headers: SenderHeaders) -> None:
         self.begun = True
 
-    def write(self, data: bytes) -> None:
+    def write(self, frame) -> None:
         assert self.begun and not (self.finished or self.aborted)
-        self.body += data
+        self.body += frame.plain()
 
     def finish(self) -> None:
         self.finished = True

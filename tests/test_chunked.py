@@ -18,7 +18,7 @@ def encode(chunks: list[bytes], trailers: bytes = b"") -> bytes:
 def decode(wire: bytes, splits: list[int]) -> tuple[bytes, list[bytes], bytes | None]:
     got: list[bytes] = []
     rest: list[bytes] = []
-    decoder = ChunkedDecoder(got.append, rest.append)
+    decoder = ChunkedDecoder(lambda pieces: got.append(b"".join(pieces)), rest.append)
     pos = 0
     for cut in sorted(splits) + [len(wire)]:
         if cut > pos:
@@ -52,7 +52,7 @@ def test_malformed_framing_raises_the_channel_error(wire):
 
 def test_payload_before_an_error_is_still_delivered():
     got: list[bytes] = []
-    decoder = ChunkedDecoder(got.append, lambda d: None)
+    decoder = ChunkedDecoder(lambda pieces: got.append(b"".join(pieces)), lambda d: None)
     with pytest.raises(_MalformedChunkedDataError):
         decoder.dataReceived(b"3\r\nabc\r\nzz\r\n")
     assert got == [b"abc"]
