@@ -39,6 +39,7 @@ class Download:
         self.filename = filename
         self.last_segment = last_segment
         self.pipe: Pipe | None = None
+        self.address = getattr(request.getClientAddress(), "host", None)
         self.gone = False
         self.done: Deferred[None] = Deferred(self._client_left)
 

@@ -71,9 +71,11 @@ class Spectator:
     def resumeProducing(self) -> None:
         self.full = False
         held, self.held = self.held, {}
-        for kind in ("state", "progress", "done", "line"):
-            if kind in held and not self.closed:
-                self.request.write(held[kind])
+        # In the order they came (so ids keep increasing), the latest of each kind.
+        for data in held.values():
+            if self.closed:
+                break
+            self.request.write(data)
 
     def stopProducing(self) -> None:
         pass
@@ -82,6 +84,7 @@ class Spectator:
         if self.closed:
             return
         if self.full:
+            self.held.pop(kind, None)  # re-inserted last: held keeps arrival order
             self.held[kind] = data
         else:
             self.request.write(data)

@@ -112,6 +112,7 @@ class Limits:
     max_receivers: int = 256
     max_pending: int = 1000
     max_active: int = 1000
+    max_waiting_per_address: int = 100
     wait_timeout: float = 300.0
     idle_timeout: float = 300.0
 
@@ -167,7 +168,7 @@ class Pipe:
 
     # -- arrivals --------------------------------------------------------------
 
-    def _check_join(self, n: int) -> None:
+    def _check_join(self, party: object, n: int) -> None:
         if self.state is not State.WAITING:
             raise HTTPError(400, f"The pipe '{self.name}' is already streaming.")
         if n != self.n:
@@ -177,9 +178,11 @@ class Pipe:
             )
 
     def add_sender(self, sender: SenderParty) -> None:
-        self._check_join(sender.n)
+        self._check_join(sender, sender.n)
         if self.sender is not None:
             raise HTTPError(400, f"Another sender is already connected to '{self.name}'.")
+        if len(self.receivers) < self.n:
+            self.registry.check_address(sender)
         # Not a byte is read from the sender until its receivers are here.
         sender.pause_reading()
         self.sender = sender
@@ -196,32 +199,40 @@ class Pipe:
         self._maybe_start()
 
     def add_receiver(self, receiver: ReceiverParty) -> None:
-        self._check_join(receiver.n)
+        self._check_join(receiver, receiver.n)
         if len(self.receivers) >= self.n:
             raise HTTPError(400, f"The pipe '{self.name}' already has {self.n} receiver(s).")
-        if self.sender is not None and len(self.receivers) + 1 == self.n and not self.registry.can_start():
+        starts = self.sender is not None and len(self.receivers) + 1 == self.n
+        if starts and not self.registry.can_start():
             raise HTTPError(429, "Server at maximum active transfer capacity.", RETRY_AFTER)
+        if not starts:
+            self.registry.check_address(receiver)
         self.receivers.append(receiver)
         self._wait(receiver, receiver.wait, self._receiver_timed_out)
         self.registry.observer.changed(self)
         self._maybe_start()
 
     def _wait(self, party: object, seconds: float, expire) -> None:
+        """A party waits for its peers: its timer runs and its address holds a slot."""
         self._timers[party] = self.clock.callLater(seconds, expire, party)
+        self.registry.hold(party)
 
     def _unwait(self, party: object) -> None:
         timer = self._timers.pop(party, None)
-        if timer is not None and timer.active():
+        if timer is None:
+            return
+        if timer.active():
             timer.cancel()
+        self.registry.release(party)
 
     def _sender_timed_out(self, sender: SenderParty) -> None:
-        self._timers.pop(sender, None)
+        self._unwait(sender)
         self.sender = None
         sender.end("Timed out waiting for receivers")
         self._after_waiting_party_left(timed_out=True)
 
     def _receiver_timed_out(self, receiver: ReceiverParty) -> None:
-        self._timers.pop(receiver, None)
+        self._unwait(receiver)
         self.receivers.remove(receiver)
         missing = "sender" if self.sender is None else "receivers"
         receiver.refuse(HTTPError(408, f"Timed out waiting for {missing}."))
@@ -408,6 +419,9 @@ class Registry:
         self.outcomes: Counter[str] = Counter()
         self.rejections: Counter[int] = Counter()
         self.bytes_relayed = 0
+        # Waiting parties by client address, so one client cannot hold
+        # every pending slot.
+        self.waiting_by_address: Counter[str] = Counter()
 
     def _pipe_for(self, name: str, n: int) -> Pipe:
         if self.shutting_down:
@@ -439,6 +453,23 @@ class Registry:
         if pipe.state is State.WAITING and pipe.sender is None and not pipe.receivers:
             pipe._enter(State.IDLE)
             self.forget(pipe)
+
+    def check_address(self, party: object) -> None:
+        address = getattr(party, "address", None)
+        if address is not None and self.waiting_by_address[address] >= self.limits.max_waiting_per_address:
+            raise HTTPError(429, "Too many waiting pipes from your address.", RETRY_AFTER)
+
+    def hold(self, party: object) -> None:
+        address = getattr(party, "address", None)
+        if address is not None:
+            self.waiting_by_address[address] += 1
+
+    def release(self, party: object) -> None:
+        address = getattr(party, "address", None)
+        if address is not None:
+            self.waiting_by_address[address] -= 1
+            if self.waiting_by_address[address] <= 0:
+                del self.waiting_by_address[address]
 
     def can_start(self) -> bool:
         return self.streaming < self.limits.max_active

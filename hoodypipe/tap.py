@@ -50,6 +50,8 @@ class Options(usage.Options):
         ["max-receivers", None, 256, "Largest n a pipe may ask for.", _count(1, 10000)],
         ["max-pending", None, 1000, "Pipes waiting for their parties, daemon-wide.", _count(1)],
         ["max-active", None, 1000, "Pipes streaming, daemon-wide.", _count(1)],
+        ["max-connections-per-address", None, 256, "Open connections from one client address.", _count(1)],
+        ["max-waiting-per-address", None, 100, "Parties waiting for their peers from one client address.", _count(1)],
         ["wait-timeout", None, 300.0, "Seconds a party waits for its peers (per request: ?wait=).", _seconds(0.001, 3600)],
         ["idle-timeout", None, 300.0, "Seconds without a byte moved before a transfer fails.", _seconds(0.001)],
         ["max-spectators", None, 50, "Streaming spectators per path.", _count(1)],
@@ -87,6 +89,7 @@ def makeService(config: Options, reactor=None) -> PipeService:
         max_receivers=config["max-receivers"],
         max_pending=config["max-pending"],
         max_active=config["max-active"],
+        max_waiting_per_address=config["max-waiting-per-address"],
         wait_timeout=config["wait-timeout"],
         idle_timeout=config["idle-timeout"],
     )
@@ -103,6 +106,6 @@ def makeService(config: Options, reactor=None) -> PipeService:
         ),
     )
     web = PipeWeb(registry, hub, reactor)
-    site = PipeSite(web.resource(), registry, reactor)
+    site = PipeSite(web.resource(), registry, reactor, max_per_address=config["max-connections-per-address"])
     endpoints = [serverFromString(reactor, description) for description in config["listen"]]
     return PipeService(reactor, site, registry, hub, endpoints, config["drain-timeout"], config["port-file"])

@@ -37,18 +37,24 @@ DRAIN_LIMIT = 1024 * 1024
 # reset when the socket closes with unread data.
 LINGER_SECONDS = 10.0
 TEXT_PLAIN = b"text/plain; charset=utf-8"
+# From connection (or the end of the previous response) to the end of a
+# request's headers: a client trickling its headers is cut off here. A
+# transfer in flight is never touched by it.
+HEADER_TIMEOUT = 30.0
 
 
 class PipeSite(server.Site):
     """A Site whose channels stream uploads into the pipe registry."""
 
-    def __init__(self, resource, registry: Registry, clock: IReactorTime, **kwargs):
+    def __init__(self, resource, registry: Registry, clock: IReactorTime, max_per_address: int = 256, **kwargs):
         kwargs.setdefault("requestFactory", PipeRequest)
         kwargs.setdefault("reactor", clock)
         super().__init__(resource, **kwargs)
         self.registry = registry
         self.clock = clock
         self.channels: set[PipeChannel] = set()
+        self.max_per_address = max_per_address
+        self.by_address: dict[str, int] = {}
         self.protocol = PipeChannel  # type: ignore[assignment]
         # A form-typed POST would otherwise be parsed into memory.
         self._parsePOSTFormSubmission = False
@@ -65,10 +71,50 @@ class PipeChannel(http.HTTPChannel):
     """HTTPChannel that tolerates an upload answered before its body ended."""
 
     _linger = None
+    _header_deadline = None
+    _address: str | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.channels.add(self)
+        site = self.site
+        site.channels.add(self)
+        self._address = getattr(self.transport.getPeer(), "host", None)
+        if self._address is not None:
+            count = site.by_address[self._address] = site.by_address.get(self._address, 0) + 1
+            if count > site.max_per_address:
+                body = b"[ERROR] Too many connections from your address.\n"
+                site.registry.rejections[429] += 1
+                self.transport.write(
+                    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                    b"Retry-After: 5\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+                )
+                self.transport.loseConnection()
+                self.dataReceived = lambda data: None  # type: ignore[method-assign]
+                return
+        self._start_header_deadline()
+
+    def _start_header_deadline(self) -> None:
+        self._header_deadline = self.site.clock.callLater(HEADER_TIMEOUT, self._headers_too_slow)
+
+    def _stop_header_deadline(self) -> None:
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        self._log.info("Headers too slow from {peer}; closing", peer=self._address)
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def allHeadersReceived(self) -> None:
+        self._stop_header_deadline()
+        super().allHeadersReceived()
+
+    def requestDone(self, request) -> None:
+        super().requestDone(request)
+        if self.persistent and self.transport is not None and not self.transport.disconnecting:
+            self._start_header_deadline()
 
     def allContentReceived(self) -> None:
         if not self.requests:
@@ -123,7 +169,15 @@ class PipeChannel(http.HTTPChannel):
     def connectionLost(self, reason) -> None:
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
-        self.site.channels.discard(self)
+        self._stop_header_deadline()
+        site = self.site
+        site.channels.discard(self)
+        if self._address is not None:
+            left = site.by_address.get(self._address, 1) - 1
+            if left > 0:
+                site.by_address[self._address] = left
+            else:
+                site.by_address.pop(self._address, None)
         super().connectionLost(reason)
 
 
@@ -176,6 +230,7 @@ class Upload:
         self.length = length
         self.n = 1
         self.wait = registry.limits.wait_timeout
+        self.address = getattr(request.getClientAddress(), "host", None)
         self.headers: SenderHeaders
         self.pipe: Pipe | None = None
         self.answered = False
