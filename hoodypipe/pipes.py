@@ -259,7 +259,7 @@ class Pipe:
         self.relay = Relay(self.sender, self.receivers)
         self.receivers = []
         self._enter(State.STREAMING)
-        log.info("transfer started: {name} to {n} receiver(s)", name=self.name, n=self.n)
+        log.info("transfer started: {name} to {n} receiver(s)", event="transfer_start", name=self.name, n=self.n)
         self.sender.say(f"Streaming to {self.n} receiver(s)...")
         for receiver in self.relay.receivers:
             receiver.begin(self.sender.headers)
@@ -493,6 +493,7 @@ class Registry:
         self.bytes_relayed += pipe.bytes_transferred
         log.info(
             "transfer {outcome}: {name} {bytes} bytes in {duration:.3f}s",
+            event="transfer_end",
             outcome=pipe.state.value,
             name=pipe.name,
             bytes=pipe.bytes_transferred,

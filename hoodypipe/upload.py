@@ -62,7 +62,7 @@ class PipeSite(server.Site):
     def close_idle(self) -> int:
         """Close connections between requests; return how many are still open."""
         for channel in list(self.channels):
-            if not channel.requests:
+            if not channel.requests and not channel.transport.disconnecting:
                 channel.loseConnection()
         return len(self.channels)
 
