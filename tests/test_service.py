@@ -25,6 +25,7 @@ def test_waiting_parties_are_told_at_once_and_new_ones_refused():
     assert sender.response().body.endswith(b"[ERROR] Server is shutting down.\n")
     late = d.receiver("/x")
     assert late.response().status == 503
+    d.clock.advance(0.2)
     for conn in (receiver, sender, late):
         assert conn.closing  # idle connections are closed by the drain
         conn.close()
