@@ -41,6 +41,8 @@ TEXT_PLAIN = b"text/plain; charset=utf-8"
 # request's headers: a client trickling its headers is cut off here. A
 # transfer in flight is never touched by it.
 HEADER_TIMEOUT = 30.0
+# The largest body a GET, HEAD or OPTIONS may carry (twisted.web buffers it).
+MAX_OTHER_BODY = 64 * 1024
 
 
 class PipeSite(server.Site):
@@ -192,7 +194,7 @@ class PipeRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         channel = self.channel
         command = channel._command
-        if command.upper() not in UPLOAD_METHODS:
+        if command not in UPLOAD_METHODS and (length is not None and length <= MAX_OTHER_BODY):
             return super().gotLength(length)
         # End of headers: method and path are still only on the channel.
         self.method, self.uri, self.clientproto = command, channel._path, channel._version
@@ -200,7 +202,11 @@ class PipeRequest(server.Request):
         self.args = {}
         self.content = None
         self.upload = Upload(self, channel.site.registry, channel.site.clock, length)
-        self.upload.begin()
+        if command in UPLOAD_METHODS:
+            self.upload.begin()
+        else:
+            # Nothing but an upload needs a body: twisted.web would store it.
+            self.upload.refuse(HTTPError(413, "Request body too large: only PUT and POST carry a stream."))
 
     def handleContentChunk(self, data: bytes | list) -> None:
         # ``data`` is bytes, or a list of memoryviews from chunked.ChunkedDecoder.
@@ -246,11 +252,7 @@ class Upload:
 
     def begin(self) -> None:
         request = self.request
-        expect = request.requestHeaders.getRawHeaders(b"Expect")
-        # Twisted would write "100 Continue" after gotLength returns, into the
-        # middle of our response: take the header and answer it ourselves.
-        request.requestHeaders.removeHeader(b"Expect")
-        self._continue = bool(expect) and expect[0].lower() == b"100-continue" and request.clientproto == b"HTTP/1.1"
+        self._take_expect()
         try:
             target = parse_target(request.uri)
             if target.page is not None:
@@ -266,7 +268,17 @@ class Upload:
             self._saved_timeout = request.channel.setTimeout(None)
             self.pipe = self.registry.add_sender(target.name, self)
         except HTTPError as error:
-            self._refuse(error)
+            self.refuse(error)
+
+    def _take_expect(self) -> None:
+        """Twisted would write "100 Continue" after gotLength returns, into the
+        middle of our response: take the header, and answer it ourselves."""
+        headers = self.request.requestHeaders
+        expect = headers.getRawHeaders(b"Expect")
+        if expect is None:
+            return
+        headers.removeHeader(b"Expect")
+        self._continue = expect[0].lower() == b"100-continue" and self.request.clientproto == b"HTTP/1.1"
 
     def chunk(self, data: bytes | list) -> None:
         if self.pipe is not None:
@@ -299,9 +311,10 @@ class Upload:
 
     # -- refusing early ------------------------------------------------------------
 
-    def _refuse(self, error: HTTPError) -> None:
+    def refuse(self, error: HTTPError) -> None:
         """Answer an upload that never joins a pipe, keeping the connection if we can."""
         request = self.request
+        self._take_expect()
         self.refused = True
         self.registry.rejections[error.code] += 1
         self.resume_reading()

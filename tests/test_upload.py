@@ -241,3 +241,22 @@ def test_leaving_receiver_frees_its_slot():
     sender = d.sender("/slot")
     sender.chunk(b"z").end_chunks()
     assert second.response().body == b"z"
+
+
+def test_a_large_body_on_a_get_is_refused_not_buffered():
+    d = MemoryDaemon()
+    conn = d.connect().send(b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n")
+    assert conn.response().status == 413
+    assert conn.closing
+
+
+def test_lowercase_put_is_not_an_upload():
+    d = MemoryDaemon()
+    conn = d.connect().send(b"put /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    assert conn.response().status == 405
+
+
+def test_refused_get_body_with_expect_gets_no_continue():
+    d = MemoryDaemon()
+    conn = d.connect().send(b"GET /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 10000000\r\n\r\n")
+    assert conn.raw.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in conn.raw
