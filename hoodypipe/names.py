@@ -38,8 +38,8 @@ class Query:
 
     @classmethod
     def parse(cls, raw: bytes) -> Query:
-        text = raw.decode("latin-1")
-        return cls(tuple(parse_qsl(text, keep_blank_values=True, encoding="latin-1")))
+        text = raw.decode("utf-8", "replace")
+        return cls(tuple(parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="replace")))
 
     def get(self, key: str) -> str | None:
         for k, v in self.pairs:

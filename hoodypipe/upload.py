@@ -19,6 +19,7 @@ from twisted.web import http, server
 
 from hoodypipe.chunked import ChunkedDecoder
 from hoodypipe.errors import HTTPError
+from hoodypipe.hangup import HangupWatch, socket_fileno
 from hoodypipe.headers import SenderHeaders
 from hoodypipe.names import parse_target
 from hoodypipe.relay import READ_SIZE
@@ -57,6 +58,7 @@ class PipeSite(server.Site):
         self.channels: set[PipeChannel] = set()
         self.max_per_address = max_per_address
         self.by_address: dict[str, int] = {}
+        self.hangups = HangupWatch(clock)
         self.protocol = PipeChannel  # type: ignore[assignment]
         # A form-typed POST would otherwise be parsed into memory.
         self._parsePOSTFormSubmission = False
@@ -233,6 +235,7 @@ class Upload:
         self.request = request
         self.registry = registry
         self.clock = clock
+        self.hangups: HangupWatch = request.channel.site.hangups
         self.length = length
         self.n = 1
         self.wait = registry.limits.wait_timeout
@@ -291,6 +294,8 @@ class Upload:
 
     def body_complete(self) -> None:
         self.body_done = True
+        # A hang-up from here on is an ordinary close after a whole body.
+        self.hangups.discard(self)
         if self.refused:
             if not self.closed:
                 self.closed = True
@@ -305,6 +310,8 @@ class Upload:
             self.end("Malformed upload")
 
     def lost(self) -> None:
+        if not self._reading:
+            self.hangups.discard(self)
         self.closed = True
         if self.pipe is not None:
             self.pipe.sender_lost()
@@ -363,11 +370,25 @@ class Upload:
         if self._reading and not self.closed:
             self._reading = False
             self.request.transport.pauseProducing()
+            if not self.body_done:
+                self.hangups.add(self)
 
     def resume_reading(self) -> None:
         if not self._reading and not self.closed:
             self._reading = True
+            self.hangups.discard(self)
             self.request.transport.resumeProducing()
+
+    # -- for the HangupWatch ---------------------------------------------------------
+
+    def fileno(self) -> int | None:
+        return None if self.closed else socket_fileno(self.request.transport)
+
+    def hung_up(self) -> None:
+        """The client went away (or half-closed) before its body ended, while
+        we were not reading its socket: the body can never complete."""
+        if not self.closed and self.request.transport is not None:
+            self.request.transport.abortConnection()
 
     def end(self, error: str | None) -> None:
         """The last line, then close the response."""

@@ -38,7 +38,7 @@ _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{
 class _Everything(BaseConverter):
     """Matches any path, empty and leading-slash ones included."""
 
-    regex = ".*"
+    regex = r"[\s\S]*"  # newlines too: %0A is decoded before werkzeug matches
     part_isolating = False
 
 

@@ -56,6 +56,8 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process.stderr is not None and not self.process.stderr.closed:
+            self.process.stderr.close()
         return self.process.returncode
 
 
@@ -72,7 +74,9 @@ def start_daemon(*args: str, timeout: float = 20.0) -> Daemon:
     deadline = time.monotonic() + timeout
     while not port_file.exists():
         if process.poll() is not None:
-            raise RuntimeError(f"daemon exited {process.returncode}: {process.stderr.read().decode()}")
+            error = process.stderr.read().decode()
+            process.stderr.close()
+            raise RuntimeError(f"daemon exited {process.returncode}: {error}")
         if time.monotonic() > deadline:
             process.kill()
             raise RuntimeError("daemon did not start listening")

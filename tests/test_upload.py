@@ -260,3 +260,27 @@ def test_refused_get_body_with_expect_gets_no_continue():
     d = MemoryDaemon()
     conn = d.connect().send(b"GET /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 10000000\r\n\r\n")
     assert conn.raw.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in conn.raw
+
+
+def test_a_waiting_sender_that_hangs_up_is_noticed_while_not_read():
+    import socket
+
+    from tests.memhttp import HalfCloseTransport
+
+    ours, theirs = socket.socketpair()
+    try:
+        HalfCloseTransport.fileno = lambda self: ours.fileno()  # a real socket under the fake
+        d = MemoryDaemon()
+        sender = d.sender("/hup")
+        assert not sender.reading
+        d.clock.advance(1)
+        assert not sender.aborted  # still there
+        theirs.close()
+        d.clock.advance(1)
+        assert sender.aborted
+        sender.drop()
+        assert "hup" not in d.registry.pipes
+        assert not d.site.hangups.watched
+    finally:
+        del HalfCloseTransport.fileno
+        ours.close()
