@@ -247,3 +247,39 @@ def test_dashboard_reconnects_after_the_spectator_window(browser, spawn):
         if receiver is not None:
             receiver.close()
         context.close()
+
+
+def test_dashboard_falls_back_to_polling_when_sse_is_refused(browser, spawn):
+    """With every spectator slot taken the SSE stream gets 429: the page polls ?status instead."""
+    from ._sidechannel import open_spectator
+
+    d = spawn("--max-spectators", "1")
+    name = unique("dash-poll")
+    total, duration = 8_000_000, 4.0
+    hog, code, _ = open_spectator(d, name)
+    assert code == 200
+    context = browser.new_context(**PHONE)
+    context.add_init_script(WATCH_CSP)
+    polls: list[str] = []
+    sender = receiver = None
+    try:
+        page = context.new_page()
+        page.on("request", lambda r: polls.append(r.url) if "?status" in r.url else None)
+        page.goto(d.url(name, "progress"))
+        page.wait_for_function("() => document.getElementById('conn').textContent.trim() === 'polling'", timeout=15000)
+        sender = PacedSender(d, name, total, duration, sized=True)
+        receiver = Receiver(d, name)
+        page.wait_for_function("() => document.getElementById('state').textContent === 'streaming'", timeout=10000)
+        page.wait_for_function("() => document.getElementById('state').textContent === 'complete'", timeout=20000)
+        assert page.is_visible("#final") and _fmt_bytes(total) in page.inner_text("#final")
+        assert len(polls) >= 2
+        assert page.evaluate("window.__csp") == []
+        sender.join()
+        receiver.join()
+    finally:
+        hog.close()
+        if sender is not None and sender.thread.is_alive():
+            sender.kill()
+        if receiver is not None:
+            receiver.close()
+        context.close()
