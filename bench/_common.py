@@ -3,8 +3,10 @@
 import http.client
 import os
 import re
+import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,12 +50,12 @@ class Child:
         self.name = name
         self.log = tempfile.NamedTemporaryFile(
             prefix="hoodypipe-bench-%s-" % name, suffix=".log", delete=False)
+        popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
         popen_kwargs.setdefault("stdout", self.log)
         popen_kwargs.setdefault("stderr", self.log)
         try:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                **popen_kwargs)
+                argv, start_new_session=True, **popen_kwargs)
         except BaseException:
             self.log.close()
             os.unlink(self.log.name)
@@ -146,6 +148,34 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS for pid %d" % pid)
+
+
+def sample_rss(pid, count=5, interval=0.2):
+    """Median of `count` RSS samples (KiB) taken `interval` seconds apart."""
+    samples = []
+    for i in range(count):
+        if i:
+            time.sleep(interval)
+        samples.append(rss_kib(pid))
+    return statistics.median(samples)
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system, all threads) of `pid` in seconds, from /proc/PID/stat."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rpartition(")")[2].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raise_fd_limit(needed):
+    """Raise RLIMIT_NOFILE (inherited by the daemon) to at least `needed`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        hard = needed  # only works with privileges; the error says so
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def generator_argv(nbytes):

@@ -23,10 +23,8 @@ Examples:
 """
 
 import argparse
-import resource
 import select
 import socket
-import statistics
 import sys
 import threading
 import time
@@ -34,19 +32,10 @@ import uuid
 
 from _common import (HEALTH_PATH, HOST, MIB, TransferFailed, default_twistd,
                      exit_on_sigterm, http_status, parse_size, pipe_url,
-                     rss_kib, start_hoodypipe, transfer)
+                     raise_fd_limit, rss_kib, sample_rss, start_hoodypipe,
+                     transfer)
 
 GROWTH_TARGET_KIB = 16 * 1024
-
-
-def sample_rss(pid, count=5, interval=0.2):
-    """Median of `count` RSS samples (KiB) taken `interval` seconds apart."""
-    samples = []
-    for i in range(count):
-        if i:
-            time.sleep(interval)
-        samples.append(rss_kib(pid))
-    return statistics.median(samples)
 
 
 def mib(kib):
@@ -55,16 +44,6 @@ def mib(kib):
 
 def verdict(ok):
     return "" if ok else "  MISSED"
-
-
-def raise_fd_limit(needed):
-    """Raise RLIMIT_NOFILE (inherited by the daemon) to at least `needed`."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
-        return
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        hard = needed  # only works with privileges; the error says so
-    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 # --- figures -----------------------------------------------------------------
