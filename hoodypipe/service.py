@@ -27,6 +27,14 @@ FLUSH_SECONDS = 5.0
 POLL_SECONDS = 0.1
 
 
+def _port_line(address) -> str:
+    """One line of the --port-file: "HOST PORT", or "unix PATH" for a unix socket."""
+    if hasattr(address, "port"):
+        return f"{address.host} {address.port}\n"
+    name = getattr(address, "name", None) or b""
+    return f"unix {os.fsdecode(name)}\n"
+
+
 class PipeService(Service):
     """Listens on every endpoint; on stop, lets transfers finish first."""
 
@@ -65,8 +73,7 @@ class PipeService(Service):
         if self.port_file:
             with open(self.port_file + ".tmp", "w") as f:
                 for port in ports:
-                    host = port.getHost()
-                    f.write(f"{getattr(host, 'host', '')} {getattr(host, 'port', getattr(host, 'name', ''))}\n")
+                    f.write(_port_line(port.getHost()))
             os.replace(self.port_file + ".tmp", self.port_file)
         return ports
 

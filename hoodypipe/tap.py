@@ -73,7 +73,17 @@ class Options(usage.Options):
 
         try:
             serverFromString(reactor, description)
-        except (ValueError, KeyError, TypeError) as error:
+        except (IndexError, KeyError) as error:
+            if not description.startswith("systemd:"):
+                raise usage.UsageError(f"invalid --listen endpoint {description!r}: {error}") from None
+            # Twisted sees no inherited socket unless LISTEN_PID, LISTEN_FDS and
+            # LISTEN_FDNAMES all match (systemd sets them; systemd-socket-activate
+            # sets LISTEN_FDNAMES only with --fdname=).
+            raise usage.UsageError(
+                f"invalid --listen endpoint {description!r}: no such socket was passed by systemd "
+                "(start hoodypipe.socket, not the service alone)"
+            ) from None
+        except (ValueError, TypeError) as error:
             raise usage.UsageError(f"invalid --listen endpoint {description!r}: {error}") from None
         self["listen"].append(description)
 

@@ -44,6 +44,10 @@ TEXT_PLAIN = b"text/plain; charset=utf-8"
 HEADER_TIMEOUT = 30.0
 # The largest body a GET, HEAD or OPTIONS may carry (twisted.web buffers it).
 MAX_OTHER_BODY = 64 * 1024
+# Set by a reverse proxy that stops forwarding a request body once the
+# response has begun (nginx's proxy module does, for HTTP/1.x upstreams):
+# the sender's status lines are then held until its body has arrived.
+DEFER_HEADER = b"X-Pipe-Defer-Response"
 
 
 class PipeSite(server.Site):
@@ -142,7 +146,7 @@ class PipeChannel(http.HTTPChannel):
     def _respondToBadRequestAndDisconnect(self) -> None:
         request = self.requests[-1] if self.requests else None
         upload = getattr(request, "upload", None)
-        if upload is not None and upload.answered:
+        if upload is not None and (upload.answered or upload.pipe is not None):
             # Bad chunked framing mid-stream: a bare "400" would land in the
             # middle of the sender's status lines.
             upload.malformed()
@@ -250,6 +254,8 @@ class Upload:
         self._dropped = 0
         self._continue = False
         self._saved_timeout = None
+        self.defer = False
+        self._held: list[bytes] = []
 
     # -- from the channel --------------------------------------------------------
 
@@ -267,9 +273,15 @@ class Upload:
             self.n = query.integer("n", 1, limits.max_receivers, 1)
             self.wait = query.integer("wait", 1, 3600, int(limits.wait_timeout))
             self.headers = SenderHeaders.read(request.requestHeaders)
+            defer = request.requestHeaders.getRawHeaders(DEFER_HEADER) or [b""]
+            self.defer = defer[0].strip().lower() in (b"1", b"true", b"yes")
             request.transport.bufferSize = READ_SIZE
             self._saved_timeout = request.channel.setTimeout(None)
             self.pipe = self.registry.add_sender(target.name, self)
+            if self.defer and self._continue and not self.answered and not self.closed:
+                # The response waits for the body: let the body come now.
+                self._continue = False
+                request.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         except HTTPError as error:
             self.refuse(error)
 
@@ -301,6 +313,8 @@ class Upload:
                 self.closed = True
                 self.request.finish()
         elif self.pipe is not None:
+            if self.defer:
+                self._answer()  # the held lines, now that the body is in
             self.pipe.upload_complete()
 
     def malformed(self) -> None:
@@ -359,12 +373,19 @@ class Upload:
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")
         request.setHeader(b"Access-Control-Allow-Origin", b"*")
+        held, self._held = self._held, []
+        for line in held:
+            request.write(line)
 
     def say(self, text: str) -> None:
         if self.closed:
             return
+        line = f"[INFO] {text}\n".encode()
+        if self.defer and not self.body_done and not self.answered:
+            self._held.append(line)
+            return
         self._answer()
-        self.request.write(f"[INFO] {text}\n".encode())
+        self.request.write(line)
 
     def pause_reading(self) -> None:
         if self._reading and not self.closed:
