@@ -284,3 +284,15 @@ def test_a_waiting_sender_that_hangs_up_is_noticed_while_not_read():
     finally:
         del HalfCloseTransport.fileno
         ours.close()
+
+
+def test_defer_header_holds_the_status_lines_until_the_body_is_in():
+    d = MemoryDaemon()
+    receiver = d.receiver("/defer")
+    sender = d.sender("/defer", {"X-Pipe-Defer-Response": "1", "Expect": "100-continue"})
+    assert sender.raw == b"HTTP/1.1 100 Continue\r\n\r\n"  # the body may come; the answer waits
+    sender.chunk(b"data")
+    assert b"HTTP/1.1 200" not in sender.raw
+    sender.end_chunks()
+    assert sender.response().body == LINES_RECEIVER_FIRST
+    assert receiver.response().body == b"data"
