@@ -351,17 +351,21 @@ class Pipe:
             self.receivers.remove(receiver)
             self._after_waiting_party_left()
         elif self.state is State.STREAMING and self.relay is not None:
-            if not self.relay.remove(receiver):
+            if receiver not in self.relay.receivers:
                 return
-            if self.relay.receivers:
-                if self.sender is not None:
-                    self.sender.say("A receiver disconnected.")
-                self.registry.observer.changed(self)
-            else:
+            if len(self.relay.receivers) == 1:
+                # Fail before removing it: removing the last blocked receiver
+                # would look like a flushed, complete transfer.
                 self._fail(
                     Reason.RECEIVERS_DISCONNECTED,
                     "All receivers disconnected before transfer completed",
                 )
+                return
+            if self.sender is not None:
+                self.sender.say("A receiver disconnected.")
+            self.relay.remove(receiver)  # may complete the transfer: the rest had drained
+            if self.state is State.STREAMING:
+                self.registry.observer.changed(self)
 
     # -- idle timeout ------------------------------------------------------------
 

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from hoodypipe.malloc import keep_buffers
+from hoodypipe.malloc import give_back, keep_buffers
 from hoodypipe.pipes import Reason, State
 
 if TYPE_CHECKING:
@@ -25,6 +25,9 @@ log = Logger()
 # what is still in their buffers before the reactor stops.
 FLUSH_SECONDS = 5.0
 POLL_SECONDS = 0.1
+# How often to check whether transfers ended and nothing streams any more,
+# which is when free memory is handed back.
+TRIM_SECONDS = 5.0
 
 
 def _port_line(address) -> str:
@@ -56,11 +59,15 @@ class PipeService(Service):
         self.drain_timeout = drain_timeout
         self.port_file = port_file
         self.ports: list[IListeningPort] = []
+        self._trim = LoopingCall(self._give_back_when_quiet)
+        self._ended_at_trim = 0
+        self._trim.clock = reactor
         self.listening: defer.Deferred[list[IListeningPort]] | None = None
 
     def startService(self) -> None:
         super().startService()
         keep_buffers()
+        self._trim.start(TRIM_SECONDS, now=False)
         self.hub.start()
         self.listening = defer.gatherResults([e.listen(self.site) for e in self.endpoints], consumeErrors=True)
         self.listening.addCallback(self._listening)
@@ -77,6 +84,12 @@ class PipeService(Service):
             os.replace(self.port_file + ".tmp", self.port_file)
         return ports
 
+    def _give_back_when_quiet(self) -> None:
+        ended = sum(self.registry.outcomes.values())
+        if not self.registry.streaming and ended != self._ended_at_trim:
+            self._ended_at_trim = ended
+            give_back()
+
     def _cannot_listen(self, failure):
         log.failure("hoodypipe cannot listen", failure)
         self.reactor.callLater(0, self.reactor.stop)
@@ -87,6 +100,8 @@ class PipeService(Service):
         super().stopService()
         yield self.drain()
         self.hub.stop()
+        if self._trim.running:
+            self._trim.stop()
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
 
     @defer.inlineCallbacks

@@ -11,6 +11,7 @@ and the Klein app.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
@@ -22,6 +23,7 @@ from hoodypipe.errors import HTTPError
 from hoodypipe.hangup import HangupWatch, socket_fileno
 from hoodypipe.headers import SenderHeaders
 from hoodypipe.names import parse_target
+from hoodypipe.pipes import State
 from hoodypipe.relay import READ_SIZE
 
 if TYPE_CHECKING:
@@ -50,6 +52,10 @@ MAX_OTHER_BODY = 64 * 1024
 DEFER_HEADER = b"X-Pipe-Defer-Response"
 
 
+_ASCII_UNSAFE = re.compile(rb"[^\x21-\x7e]")
+_HOSTNAME = re.compile(rb"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]+\]")
+
+
 class PipeSite(server.Site):
     """A Site whose channels stream uploads into the pipe registry."""
 
@@ -66,6 +72,14 @@ class PipeSite(server.Site):
         self.protocol = PipeChannel  # type: ignore[assignment]
         # A form-typed POST would otherwise be parsed into memory.
         self._parsePOSTFormSubmission = False
+
+    def getResourceFor(self, request):
+        # twisted.web would hand Klein percent-decoded path segments, which
+        # Klein then decodes as UTF-8 (a 400 with a traceback for "%FF").
+        # The app classifies the raw target itself (names.parse_target), so
+        # Klein gets the path still quoted, ASCII only.
+        request.postpath = _ASCII_UNSAFE.sub(lambda m: b"%%%02X" % m.group()[0], request.path[1:]).split(b"/")
+        return super().getResourceFor(request)
 
     def close_idle(self) -> int:
         """Close connections between requests; return how many are still open."""
@@ -146,6 +160,10 @@ class PipeChannel(http.HTTPChannel):
     def _respondToBadRequestAndDisconnect(self) -> None:
         request = self.requests[-1] if self.requests else None
         upload = getattr(request, "upload", None)
+        if upload is not None and (upload.refused or upload.closed):
+            # Already answered (a refusal): one answer per request.
+            self.transport.loseConnection()
+            return
         if upload is not None and (upload.answered or upload.pipe is not None):
             # Bad chunked framing mid-stream: a bare "400" would land in the
             # middle of the sender's status lines.
@@ -178,6 +196,7 @@ class PipeChannel(http.HTTPChannel):
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._stop_header_deadline()
+        _drop_unsent(self.transport)
         site = self.site
         site.channels.discard(self)
         if self._address is not None:
@@ -189,6 +208,19 @@ class PipeChannel(http.HTTPChannel):
         super().connectionLost(reason)
 
 
+def _drop_unsent(transport: object) -> None:
+    """Let go of what a dead connection never sent.
+
+    Twisted keeps a closed transport's write buffers, and the transport sits
+    in reference cycles until a full garbage collection, which an idle
+    daemon rarely runs: a stalled receiver's megabyte would stay in memory.
+    """
+    if hasattr(transport, "_tempDataBuffer"):
+        transport.dataBuffer = b""  # type: ignore[attr-defined]
+        transport._tempDataBuffer = []  # type: ignore[attr-defined]
+        transport._tempDataLen = 0  # type: ignore[attr-defined]
+
+
 class PipeRequest(server.Request):
     """A Request that turns PUT and POST into streaming uploads."""
 
@@ -196,6 +228,11 @@ class PipeRequest(server.Request):
     # receivers' included; every response here sets its own.
     defaultContentType = None
     upload: Upload | None = None
+
+    def getRequestHostname(self) -> bytes:
+        # werkzeug (inside Klein) answers 500 to a Host that is no hostname.
+        host = super().getRequestHostname()
+        return host if _HOSTNAME.fullmatch(host) else b"localhost"
 
     def gotLength(self, length: int | None) -> None:
         channel = self.channel
@@ -306,8 +343,9 @@ class Upload:
 
     def body_complete(self) -> None:
         self.body_done = True
-        # A hang-up from here on is an ordinary close after a whole body.
-        self.hangups.discard(self)
+        if not self._waiting():
+            # A hang-up from here on is an ordinary close after a whole body.
+            self.hangups.discard(self)
         if self.refused:
             if not self.closed:
                 self.closed = True
@@ -391,7 +429,7 @@ class Upload:
         if self._reading and not self.closed:
             self._reading = False
             self.request.transport.pauseProducing()
-            if not self.body_done:
+            if not self.body_done or self._waiting():
                 self.hangups.add(self)
 
     def resume_reading(self) -> None:
@@ -402,12 +440,17 @@ class Upload:
 
     # -- for the HangupWatch ---------------------------------------------------------
 
+    def _waiting(self) -> bool:
+        # A sender still waiting for its receivers must be noticed leaving,
+        # even after its whole body arrived: it would hold the name.
+        return self.pipe is not None and self.pipe.state is State.WAITING
+
     def fileno(self) -> int | None:
         return None if self.closed else socket_fileno(self.request.transport)
 
     def hung_up(self) -> None:
-        """The client went away (or half-closed) before its body ended, while
-        we were not reading its socket: the body can never complete."""
+        """The client went away (or half-closed) while we were not reading its
+        socket, before its body ended or while it waits for receivers."""
         if not self.closed and self.request.transport is not None:
             self.request.transport.abortConnection()
 

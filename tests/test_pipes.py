@@ -218,3 +218,15 @@ def test_shutdown_refuses_new_parties():
     with pytest.raises(HTTPError) as caught:
         reg.add_receiver("x", FakeReceiver())
     assert caught.value.code == 503
+
+
+def test_last_receiver_leaving_while_the_end_drains_is_a_failure():
+    reg, _, observer = registry()
+    pipe = reg.add_sender("x", sender := FakeSender())
+    reg.add_receiver("x", receiver := FakeReceiver())
+    receiver.producer.pauseProducing()
+    pipe.data(b"body")
+    pipe.upload_complete()  # waits for the receiver to drain
+    pipe.receiver_lost(receiver)
+    assert pipe.state is State.FAILED and observer.ends == [("failed", Reason.RECEIVERS_DISCONNECTED)]
+    assert sender.lines[-1] == "[ERROR] All receivers disconnected before transfer completed."

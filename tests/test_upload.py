@@ -296,3 +296,20 @@ def test_defer_header_holds_the_status_lines_until_the_body_is_in():
     sender.end_chunks()
     assert sender.response().body == LINES_RECEIVER_FIRST
     assert receiver.response().body == b"data"
+
+
+def test_non_utf8_targets_and_bad_hosts_get_one_clean_error_line():
+    d = MemoryDaemon()
+    for raw in (b"GET /api/v1/pipe/caf%E9?status HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"GET /%FF?status HTTP/1.1\r\nHost: a\r\n\r\n", b"GET /\x80x?status HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"GET /x?status HTTP/1.1\r\nHost: " + b"a" * 70 + b".example\r\n\r\n",
+                b"GET /x?status HTTP/1.1\r\nHost: a..b\r\n\r\n"):
+        got = d.connect().send(raw).response()
+        assert got.status in (200, 400), raw
+        assert got.status == 200 or got.body.startswith(b"[ERROR] ")
+
+
+def test_a_refused_request_gets_one_answer_even_if_its_body_is_broken():
+    d = MemoryDaemon()
+    conn = d.connect().send(b"GET /x?status HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    assert conn.raw.count(b"HTTP/1.1 ") == 1

@@ -1,0 +1,578 @@
+"""Property-based tests of path, query and header handling through the real daemon.
+
+Requests are written byte for byte on fresh sockets (http.client would refuse or
+fix up much of what is generated here). For every answer:
+
+- the status is one the contract allows for that request;
+- an error body is exactly one line, ``[ERROR] ...`` ending with ``.\\n``;
+- no response header carries a control character (NUL, a bare CR or LF) and
+  every header name is one the daemon sends: nothing from the input leaked
+  into the response head;
+- the daemon stays healthy (``/api/v1/pipe/health`` answers 200 afterwards,
+  its log holds no traceback, and its registry empties).
+
+Standalone mutational fuzzing of the request parser is ``bench/fuzz.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import start_daemon
+
+PREFIX = b"/api/v1/pipe/"
+ERROR_BODY = re.compile(rb"\A\[ERROR\] [^\r\n]*\.\n\Z")
+HEADER_LINE = re.compile(rb"\A([!#$%&'*+.^_`|~0-9A-Za-z-]+): ?([\t\x20-\x7e\x80-\xff]*)\Z")
+# Every header name the daemon (twisted.web, Klein, hoodypipe) may send.
+KNOWN_HEADERS = {
+    "access-control-allow-headers", "access-control-allow-methods", "access-control-allow-origin",
+    "access-control-expose-headers", "access-control-max-age", "allow", "cache-control", "connection",
+    "content-disposition", "content-length", "content-security-policy", "content-type", "date",
+    "referrer-policy", "retry-after", "server", "transfer-encoding", "vary", "x-accel-buffering",
+    "x-content-type-options", "x-hoody-pipe", "x-piping", "x-robots-tag",
+}
+SCRIPTABLE = re.compile(
+    r"^(text/html|application/xhtml\+xml|image/svg\+xml|text/xml|application/xml|.*\+xml|text/javascript|"
+    r"application/javascript|application/x-javascript|application/ecmascript|text/ecmascript|text/xsl|"
+    r"multipart/x-mixed-replace|text/vtt)$"
+)
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                database=None, print_blob=True)
+
+
+# -- a daemon for the module, checked on the way out -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fuzzd():
+    daemon = start_daemon("--wait-timeout", "3", "--idle-timeout", "3",
+                          "--max-connections-per-address", "2048", "--max-waiting-per-address", "2048",
+                          "--max-pending", "4096")
+    yield daemon
+    try:
+        assert exchange(daemon, b"GET /api/v1/pipe/health HTTP/1.1\r\nHost: x\r\n\r\n").status == 200
+        # Parties left waiting time out within --wait-timeout.
+        deadline = time.monotonic() + 15
+        while True:
+            gauges = metrics(daemon)
+            if all(gauges.get(k) == 0 for k in ("hoodypipe_pending_pipes", "hoodypipe_active_pipes",
+                                                  "hoodypipe_spectators")):
+                break
+            assert time.monotonic() < deadline, f"registry not empty after the fuzz tests: {gauges}"
+            time.sleep(0.2)
+    finally:
+        daemon.stop()
+        text = daemon.log_text()
+        shutil.rmtree(daemon.workdir, ignore_errors=True)
+    at = text.find("Traceback")
+    assert at < 0, f"the daemon logged a traceback:\n{text[max(0, at - 2000):at + 3000]}"
+
+
+# -- raw HTTP -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    status: int | None  # None: the connection closed (or timed out) without a status line
+    head: bytes = b""
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    complete: bool = False
+
+    def header(self, name: str) -> bytes | None:
+        for k, v in self.headers:
+            if k == name.lower():
+                return v
+        return None
+
+
+def _read_answer(sock: socket.socket, head_only: bool = False, stop_after: bytes | None = None) -> Answer:
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            more = sock.recv(65536)
+            if not more:
+                return Answer(None, data)
+            data += more
+            if len(data) > 1 << 20:
+                raise AssertionError("response head over 1 MiB")
+    except (socket.timeout, ConnectionError):
+        return Answer(None, data)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", lines[0] + b" ")
+    assert match, f"bad status line {lines[0]!r}"
+    answer = Answer(int(match.group(1)), head)
+    for line in lines[1:]:
+        m = HEADER_LINE.match(line)
+        assert m, f"malformed or injected response header line {line!r} in\n{head!r}"
+        answer.headers.append((m.group(1).decode().lower(), m.group(2)))
+    if head_only or answer.status in (204, 304) or 100 <= answer.status < 200:
+        answer.complete = True
+        return answer
+    length = answer.header("content-length")
+    chunked = (answer.header("transfer-encoding") or b"").lower() == b"chunked"
+    buffer = rest
+    try:
+        if chunked:
+            body = b""
+            while True:
+                while b"\r\n" not in buffer:
+                    more = sock.recv(65536)
+                    if not more:
+                        answer.body = body
+                        return answer
+                    buffer += more
+                size_line, _, buffer = buffer.partition(b"\r\n")
+                size = int(size_line.split(b";")[0], 16)
+                while len(buffer) < size + 2:
+                    more = sock.recv(65536)
+                    if not more:
+                        answer.body = body + buffer[:size]
+                        return answer
+                    buffer += more
+                if size == 0:
+                    answer.complete = True
+                    break
+                body += buffer[:size]
+                buffer = buffer[size + 2:]
+                if stop_after is not None and stop_after in body:
+                    break
+            answer.body = body
+        elif length is not None:
+            while len(buffer) < int(length):
+                more = sock.recv(65536)
+                if not more:
+                    break
+                buffer += more
+            answer.body = buffer
+            answer.complete = len(buffer) == int(length)
+        else:
+            while more := sock.recv(65536):
+                buffer += more
+            answer.body = buffer
+            answer.complete = True
+    except (socket.timeout, ConnectionError):
+        answer.body = buffer
+    return answer
+
+
+def exchange(daemon, raw: bytes, timeout: float = 5, head_only: bool = False) -> Answer:
+    """One request on a fresh connection, read to the end of its answer."""
+    with socket.create_connection((daemon.host, daemon.port), timeout=timeout) as sock:
+        try:
+            sock.sendall(raw)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed before the request was all sent
+        return _read_answer(sock, head_only=head_only)
+
+
+def metrics(daemon) -> dict[str, float]:
+    answer = exchange(daemon, b"GET /api/v1/pipe/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.status == 200
+    values = {}
+    for line in answer.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            values[key] = float(value)
+    return values
+
+
+def check_answer(answer: Answer, allowed: set[int | None], what: object, has_body: bool = True) -> None:
+    assert answer.status in allowed, (
+        f"status {answer.status} not in {sorted(allowed, key=str)} for {what!r}: {answer.head!r}")
+    if has_body and answer.status is not None and answer.status >= 400 and answer.complete:
+        assert ERROR_BODY.match(answer.body), f"error body {answer.body!r} for {what!r}"
+        assert (answer.header("content-type") or b"").startswith(b"text/plain"), answer.head
+    for name, _ in answer.headers:
+        assert name in KNOWN_HEADERS, f"unexpected response header {name!r} for {what!r}:\n{answer.head!r}"
+
+
+def healthy(daemon) -> None:
+    answer = exchange(daemon, b"GET /api/v1/pipe/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.status == 200 and json.loads(answer.body)["status"] == "ok"
+
+
+_counter = iter(range(10**9))
+
+
+def fresh(prefix: str = "fz") -> bytes:
+    return f"{prefix}-{next(_counter)}-{time.monotonic_ns() % 10**9}".encode()
+
+
+# -- strategies ---------------------------------------------------------------------------------
+
+# Percent escapes, including the forbidden ones (%2F, %5C, %00-%1F, %7F) and odd hex case.
+ESCAPES = st.sampled_from([b"%2F", b"%2f", b"%5C", b"%5c", b"%00", b"%0A", b"%0d", b"%1F", b"%7F", b"%20",
+                           b"%41", b"%e2%82%ac", b"%FF", b"%", b"%G1", b"%2", b"%2E", b"%2e%2E", b"%25"])
+PRINTABLE = st.binary(min_size=1, max_size=6).map(lambda b: bytes(0x21 + x % 94 for x in b))
+RAW_BYTES = st.binary(min_size=1, max_size=3)  # anything at all: controls, spaces, non-ASCII
+SEGMENT = st.one_of(PRINTABLE, PRINTABLE, ESCAPES, st.sampled_from([b"/", b"//", b".", b"..", b"\\", b"help",
+                                                                   b"health", b"metrics", b"api", b"v1"]))
+NAMES = st.one_of(
+    st.lists(SEGMENT, min_size=1, max_size=12).map(b"".join),
+    st.lists(st.one_of(SEGMENT, RAW_BYTES), min_size=1, max_size=8).map(b"".join),
+    st.integers(1000, 1100).map(lambda n: b"a" * n),  # around the 1024-character limit
+)
+QUERY_KEYS = st.sampled_from(["n", "wait", "status", "download", "filename", "format", "x", "", "n n", "%6E"])
+QUERY_VALUES = st.one_of(
+    st.sampled_from(["", "1", "0", "3", "256", "257", "-1", "01", "1e3", "true", "false", "yes", "no", "maybe",
+                     "%31", "+1", " 1", "99999999999", "\u00e9", "%00", "a%0Ab"]),
+    st.text(max_size=8),
+)
+QUERIES = st.lists(st.tuples(QUERY_KEYS, QUERY_VALUES, st.booleans()), max_size=5)
+
+
+def render_query(items: list[tuple[str, str, bool]]) -> bytes:
+    """key=value pairs, sometimes bare keys; non-printable bytes percent-encoded so the
+    request line stays parseable (raw controls are covered by NAMES)."""
+    from urllib.parse import quote
+
+    parts = []
+    for key, value, bare in items:
+        k = quote(key, safe="%")
+        parts.append(k if bare and not value else f"{k}={quote(value, safe='%+')}")
+    return "&".join(parts).encode()
+
+
+def header_value(extra: list[bytes] | None = None):
+    interesting = [b"text/html", b"image/svg+xml", b"text/plain; charset=utf-8", b"application/xhtml+xml",
+                   b"inline", b"attachment", b"; filename=", b'"', b"\\", b"\t", b" ", b";", b"=", b"*",
+                   b"UTF-8''%E2%82%AC", b"../../etc/passwd", b"\x7f", b"\x01", b"\x1b[31m", b"\xe9",
+                   b"\r\n Injected: yes", b"\r\n\tInjected: yes", b"\r\nInjected: yes", b"\x00", b"\n",
+                   b"\r", *(extra or [])]
+    return st.lists(st.one_of(st.sampled_from(interesting), PRINTABLE, st.binary(max_size=4)), max_size=8).map(
+        lambda parts: _no_new_lines(b"".join(parts)))
+
+
+def _no_new_lines(value: bytes) -> bytes:
+    """Keep a value on its own header line: a CRLF not followed by a space or tab (obs-fold)
+    would start another request header, which is not what is being tested; it becomes a
+    CR, NUL, LF that twisted.web must refuse."""
+    return re.sub(rb"\r\n(?![ \t])", b"\r\x00\n", value)
+
+
+def twisted_value(value: bytes) -> bytes:
+    """A header value as twisted.web hands it on: obs-fold joined, blanks stripped."""
+    return re.sub(rb"\r\n[ \t]+", b" ", value).strip(b" \t")
+
+
+def forbidden_in_header(value: bytes) -> bool:
+    """Twisted refuses these (400) before anything else sees them."""
+    return bool(re.search(rb"[\x00\r\n]", twisted_value(value)))
+
+
+def pipe_flag_or_int_ok(items: list[tuple[str, str, bool]]) -> dict[str, str]:
+    """The first value of each key, as the daemon parses the rendered query."""
+    first: dict[str, str] = {}
+    for k, v in parse_qsl(render_query(items).decode(), keep_blank_values=True, errors="replace"):
+        first.setdefault(k, v)
+    return first
+
+
+def int_ok(value: str | None, low: int, high: int) -> bool:
+    return value is None or (re.fullmatch(r"[0-9]{1,10}", value) is not None and low <= int(value) <= high)
+
+
+def flag_ok(value: str | None) -> bool:
+    return value is None or value.strip().lower() in {"", "true", "yes", "1", "false", "no", "0"}
+
+
+# -- the properties -----------------------------------------------------------------------------
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(name=NAMES, query=QUERIES, method=st.sampled_from([b"GET", b"HEAD", b"OPTIONS"]),
+       prefixed=st.booleans())
+def test_any_name_and_query_on_the_status_page(fuzzd, name, query, method, prefixed):
+    """``?status`` (and OPTIONS) on any target: a JSON snapshot, a page, or one [ERROR] line."""
+    query = [q for q in query if q[0] not in ("progress", "status")]
+    name = name.replace(b"?", b"%3F")  # a "?" would turn the rest into the query: a receiver
+    rendered = render_query(query)
+    target = (PREFIX if prefixed else b"/") + name + b"?status" + (b"&" + rendered if rendered else b"")
+    raw = method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = exchange(fuzzd, raw, head_only=method == b"HEAD")
+    # 200 (snapshot, page, preflight), 204 (favicon), 400 (bad name, flag or request line),
+    # 404 (/health at the root), 405, 414; a request line over twisted.web's limit may be
+    # closed without an answer.
+    allowed = {200, 204, 400, 404, 405, 414}
+    if len(target) > 16000:
+        allowed.add(None)
+    check_answer(answer, allowed, raw[:300], has_body=method != b"HEAD")
+    if answer.status == 200 and method == b"GET" and answer.header("content-type") == b"application/json":
+        snapshot = json.loads(answer.body)
+        if "state" in snapshot:  # else the health page, for a name that folds to "health"
+            assert snapshot["state"] == "idle", f"a name nobody used is {snapshot['state']}: {raw!r}"
+    if answer.status == 414 and method != b"HEAD":
+        assert answer.body == b"[ERROR] Path too long (max 1024 characters).\n"
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(query=QUERIES, x_pipe_size=st.one_of(st.none(), header_value([b"123", b"-1", b"1" * 20, b" 42 "])),
+       sized=st.booleans())
+def test_sender_query_and_size_are_validated(fuzzd, query, x_pipe_size, sized):
+    """A sender with any ``n``, ``wait`` and ``X-Pipe-Size``: accepted (200, waiting) exactly when
+    they are valid, else one [ERROR] line with 400."""
+    query = [q for q in query if q[0] not in ("progress", "status")]
+    name = fresh("fzs")
+    target = PREFIX + name + (b"?" + render_query(query) if query else b"")
+    head = b"PUT " + target + b" HTTP/1.1\r\nHost: x\r\n"
+    head += b"Content-Length: 10\r\n" if sized else b"Transfer-Encoding: chunked\r\n"
+    if x_pipe_size is not None:
+        head += b"X-Pipe-Size: " + x_pipe_size + b"\r\n"
+    raw = head + b"\r\n"
+    first = pipe_flag_or_int_ok(query)
+    bad_header = x_pipe_size is not None and forbidden_in_header(x_pipe_size)
+    size_ok = x_pipe_size is None or re.fullmatch(rb"\d{1,19}", twisted_value(x_pipe_size).strip()) is not None
+    valid = int_ok(first.get("n"), 1, 256) and int_ok(first.get("wait"), 1, 3600) and size_ok and not bad_header
+    with socket.create_connection((fuzzd.host, fuzzd.port), timeout=5) as sock:
+        sock.sendall(raw)
+        answer = _read_answer(sock, stop_after=b"\n")
+        check_answer(answer, {200, 400}, raw)
+        if valid:
+            assert answer.status == 200, f"a valid sender was refused: {raw!r} -> {answer.body!r}"
+            assert answer.body.startswith(b"[INFO] Waiting for "), answer.body
+        else:
+            assert answer.status == 400, f"an invalid sender was accepted: {raw!r}"
+        # Hang up before the body: a waiting sender that leaves frees its name.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(query=QUERIES)
+def test_receiver_query_is_validated(fuzzd, query):
+    """A receiver with any ``n``, ``wait``, ``download`` and ``filename``: waiting when valid,
+    else one [ERROR] line with 400."""
+    query = [q for q in query if q[0] not in ("progress", "status")]
+    name = fresh("fzr")
+    target = PREFIX + name + (b"?" + render_query(query) if query else b"")
+    raw = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    first = pipe_flag_or_int_ok(query)
+    valid = (int_ok(first.get("n"), 1, 256) and int_ok(first.get("wait"), 1, 3600)
+             and flag_ok(first.get("download")))
+    with socket.create_connection((fuzzd.host, fuzzd.port), timeout=0.15 if valid else 5) as sock:
+        sock.sendall(raw)
+        answer = _read_answer(sock)
+    if valid:
+        # A valid receiver waits for its sender; it leaves here, which frees its slot.
+        assert answer.status is None, f"a valid receiver was answered: {raw!r} -> {answer.status} {answer.body!r}"
+    else:
+        check_answer(answer, {400}, raw)
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(
+    content_type=st.one_of(st.none(), header_value()),
+    disposition=st.one_of(st.none(), header_value()),
+    x_piping=st.one_of(st.none(), header_value([b"x" * 9000])),
+    x_hoody=st.one_of(st.none(), header_value()),
+    receiver_query=st.lists(st.tuples(st.sampled_from(["download", "filename"]), QUERY_VALUES, st.booleans()),
+                            max_size=2),
+    body=st.binary(max_size=2000),
+)
+def test_sender_headers_reach_receivers_safely(fuzzd, content_type, disposition, x_piping, x_hoody,
+                                               receiver_query, body):
+    """Whatever a sender puts in Content-Type, Content-Disposition, X-Piping and X-Hoody-Pipe, and
+    whatever the receiver asks with ?download and ?filename: the body arrives intact, no header is
+    injected, nothing scriptable is served, and ``inline`` is kept only for safe types."""
+    name = fresh("fzh")
+    sent = {b"Content-Type": content_type, b"Content-Disposition": disposition, b"X-Piping": x_piping,
+            b"X-Hoody-Pipe": x_hoody}
+    head = b"PUT " + PREFIX + name + b" HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % len(body)
+    for key, value in sent.items():
+        if value is not None:
+            head += key + b": " + value + b"\r\n"
+    raw = head + b"\r\n" + body
+    refused = any(v is not None and forbidden_in_header(v) for v in sent.values())
+    # twisted.web refuses (400) or drops (a line over 16 KiB) a head over 16384 bytes.
+    too_big = sum(len(line) for line in head.split(b"\r\n")) > 16384
+    with socket.create_connection((fuzzd.host, fuzzd.port), timeout=10) as sender:
+        try:
+            sender.sendall(raw)
+        except ConnectionError:
+            pass
+        answer = _read_answer(sender, stop_after=b"\n")
+        if too_big:
+            check_answer(answer, {400, None}, raw[:500])
+            return
+        check_answer(answer, {200, 400}, raw[:500])
+        if refused:
+            assert answer.status == 400, f"a header with NUL/CR/LF was accepted: {raw[:500]!r}"
+            return
+        assert answer.status == 200, f"sender refused: {raw[:500]!r} -> {answer.body!r}"
+        query = render_query(receiver_query)
+        first = pipe_flag_or_int_ok(receiver_query)
+        get = (b"GET " + PREFIX + name + (b"?" + query if query else b"") +
+               b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = exchange(fuzzd, get, timeout=10)
+        if not flag_ok(first.get("download")):
+            check_answer(got, {400}, get)
+            # Finish the transfer with a plain receiver so the sender is not left waiting.
+            got = exchange(fuzzd, b"GET " + PREFIX + name + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            first = {}
+        check_answer(got, {200}, (raw[:500], get))
+        assert got.complete and got.body == body, f"the body did not arrive intact: {got.body[:100]!r}"
+        rest = _read_answer_rest(sender)
+        assert rest.endswith(b"[INFO] Transfer complete.\n"), rest
+    # What the receiver was shown.
+    shown_type = got.header("content-type")
+    if content_type is None:
+        assert shown_type is None, f"a Content-Type was invented: {shown_type!r}"
+    else:
+        media = shown_type.split(b";")[0].strip().decode("latin-1")
+        assert not SCRIPTABLE.match(media), f"scriptable type served: {shown_type!r} from {content_type!r}"
+    shown_disposition = got.header("content-disposition")
+    if shown_disposition is not None:
+        assert re.fullmatch(rb"(attachment|inline)(; filename=\"[\x20\x21\x23-\x5b\x5d-\x7e]*\""
+                            rb"(; filename\*=UTF-8''[!-~]+)?)?", shown_disposition), shown_disposition
+        if shown_disposition.startswith(b"inline"):
+            declared = re.sub(r"[\x00-\x1f\x7f]", "", twisted_value(content_type or b"").decode("latin-1"))
+            declared = declared.split(";")[0].strip().lower()
+            top = declared.split("/", 1)[0]
+            assert declared != "image/svg+xml" and (
+                top in ("image", "audio", "video") or declared in ("text/plain", "application/pdf")), (
+                f"inline kept for {content_type!r}: {shown_disposition!r}")
+    download, filename = first.get("download"), first.get("filename")
+    word = download.strip().lower() if download is not None else None
+    if filename is not None or word in ("", "true", "yes", "1"):
+        assert shown_disposition is not None and shown_disposition.startswith(b"attachment"), shown_disposition
+    elif word in ("false", "no", "0"):
+        assert shown_disposition is None, shown_disposition
+    for key in (b"X-Piping", b"X-Hoody-Pipe"):
+        value = sent[key]
+        shown = got.header(key.decode())
+        if value is None:
+            assert shown is None
+        else:
+            expected = re.sub(rb"[\x00-\x1f\x7f]", b"", twisted_value(value))[:8192]
+            assert shown.strip(b" \t") == expected.strip(b" \t"), (key, value, shown)
+
+
+def _read_answer_rest(sock: socket.socket) -> bytes:
+    """The rest of a chunked sender response, as raw bytes with the framing removed."""
+    data = b""
+    sock.settimeout(10)
+    while not data.endswith(b"0\r\n\r\n"):
+        more = sock.recv(65536)
+        if not more:
+            break
+        data += more
+    out, rest = b"", data
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16) if size_line else 0
+        if size == 0:
+            break
+        out += rest[:size]
+        rest = rest[size + 2:]
+    return out
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(
+    count=st.integers(0, 700),
+    size=st.integers(0, 20000),
+    name=st.binary(min_size=1, max_size=20).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+    value=header_value(),
+)
+def test_header_counts_sizes_and_names(fuzzd, count, size, name, value):
+    """Many headers, huge headers, odd header names on a ``?status`` request: an answer or a
+    clean 400, never a hang or a crash."""
+    lines = [b"X-F-%d: v" % i for i in range(count)]
+    lines.append(name + b": " + value + b"x" * size)
+    raw = b"GET " + PREFIX + fresh("fzc") + b"?status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    raw += b"\r\n".join(lines) + b"\r\n\r\n"
+    answer = exchange(fuzzd, raw)
+    # twisted.web: at most 500 headers and 16384 bytes of request line and headers (400);
+    # a single line over 16 KiB is dropped without an answer.
+    head_bytes = sum(len(line) for line in raw.split(b"\r\n"))
+    too_much = count >= 500 or head_bytes > 16384
+    check_answer(answer, {400, None} if too_much else {200, 400}, raw[:300])
+
+
+def test_the_daemon_is_healthy_after_the_fuzzing(fuzzd):
+    healthy(fuzzd)
+
+
+HOSTS = st.one_of(
+    header_value(),
+    st.sampled_from([b"a" * 63 + b".example", b"a" * 64 + b".example", b"a..b", b".", b"..", b"[::1]:80", b"[::1",
+                     b"example.com:99999", b"caf\xc3\xa9.example", b"caf\xe9.example", b"xn--caf-dma.example",
+                     b"xn--zz", b"-", b"host:port", b"", b"a" * 300]),
+    st.lists(st.sampled_from([b"a", b"b" * 70, b".", b"-", b":", b"\xff", b"1"]), max_size=8).map(b"".join),
+)
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(host=HOSTS, target=st.sampled_from([b"/api/v1/pipe/health", b"/help", b"/", b"/api/v1/pipe/fzq?status",
+                                            b"/api/v1/pipe/metrics"]))
+def test_any_host_header(fuzzd, host, target):
+    """Whatever the Host header says: the page, or one [ERROR] line with 400; never a 500, and the
+    help page never echoes a hostile Host."""
+    raw = b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+    answer = exchange(fuzzd, raw)
+    check_answer(answer, {200, 400}, raw)
+    if forbidden_in_header(host):
+        assert answer.status == 400
+    if answer.status == 200 and target == b"/help":
+        shown = twisted_value(host)
+        if not re.fullmatch(rb"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", shown):
+            assert shown not in answer.body or len(shown) < 3, f"a hostile Host is echoed: {shown!r}"
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(
+    request=st.sampled_from([
+        b"GET /api/v1/pipe/fzb?status HTTP/1.1",  # 413: only uploads carry a body
+        b"HEAD /api/v1/pipe/fzb?status HTTP/1.1",
+        b"OPTIONS /api/v1/pipe/fzb HTTP/1.1",
+        b"PUT /api/v1/pipe/bad%2Fname HTTP/1.1",  # 400: a bad name
+        b"POST /api/v1/pipe/fzb?n=0 HTTP/1.1",  # 400: a bad n
+        b"PUT /help HTTP/1.1",  # 400: a reserved path
+    ]),
+    framing=st.one_of(st.sampled_from([b"zz\r\n", b"5\r\nhello\r\nx\r\n", b"-1\r\n", b"5\rhello\r\n0\r\n\r\n",
+                                       b"ffffffffffffffffff\r\n"]), st.binary(min_size=1, max_size=40)),
+)
+def test_a_refused_request_gets_one_answer_whatever_its_body(fuzzd, request, framing):
+    """A request the daemon refuses before reading its (chunked) body gets exactly one answer,
+    however broken the body's framing: nothing may follow an answer that said Connection: close."""
+    raw = request + b"\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + framing
+    with socket.create_connection((fuzzd.host, fuzzd.port), timeout=2) as sock:
+        sock.sendall(raw)
+        data = b""
+        try:
+            while more := sock.recv(65536):
+                data += more
+        except (socket.timeout, ConnectionError):
+            pass
+    heads = re.findall(rb"HTTP/1\.[01] \d{3} [^\r\n]*\r\n", data)
+    assert len(heads) == 1, f"{len(heads)} answers to one request {raw!r}:\n{data!r}"
+
+
+# Single inputs the properties above have found; each is one clear failure of its own.
+FOUND = [
+    pytest.param(b"GET /api/v1/pipe/caf%E9?status HTTP/1.1\r\nHost: x\r\n\r\n", {200, 400}, id="latin1-escape-in-name"),
+    pytest.param(b"GET /caf\xe9?status HTTP/1.1\r\nHost: x\r\n\r\n", {400}, id="raw-non-ascii-in-target"),
+    pytest.param(b"GET /api/v1/pipe/health HTTP/1.1\r\nHost: caf\xe9.example\r\n\r\n", {200, 400}, id="latin1-host"),
+    pytest.param(b"GET /api/v1/pipe/health HTTP/1.1\r\nHost: " + b"a" * 64 + b".example\r\n\r\n", {200, 400},
+                 id="host-label-over-63"),
+    pytest.param(b"GET /api/v1/pipe/health HTTP/1.1\r\nHost: a..b\r\n\r\n", {200, 400}, id="host-empty-label"),
+]
+
+
+@pytest.mark.parametrize("raw, allowed", FOUND)
+def test_found_inputs(fuzzd, raw, allowed):
+    answer = exchange(fuzzd, raw.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+    check_answer(answer, allowed, raw)
+    if answer.status == 200 and b"?status" in raw:
+        assert json.loads(answer.body)["state"] == "idle"
