@@ -12,7 +12,7 @@
             (RSS - idle) / pipes in KiB.  Runs on a fresh daemon.
 
 The daemon is `twistd -n --pidfile= hoodypipe --listen tcp:PORT:...
---max-pending 2000`, started with a file-descriptor limit raised for the
+--max-pending 2000` (and per-address caps to match), started with a file-descriptor limit raised for the
 pending sockets.  The exit status is non-zero if the transfer failed or the
 pending senders could not be held open, not if a target is missed.
 
@@ -178,7 +178,10 @@ def main():
     args = parser.parse_args()
     exit_on_sigterm()
     raise_fd_limit(args.pipes + 256)
-    daemon_args = ["--max-pending", str(args.max_pending)]
+    # Every pending sender comes from 127.0.0.1: lift the per-address caps too.
+    daemon_args = ["--max-pending", str(args.max_pending),
+                   "--max-connections-per-address", str(args.max_pending + 100),
+                   "--max-waiting-per-address", str(args.max_pending)]
 
     ok = True
     daemon, port = start_hoodypipe(args.twistd, daemon_args)

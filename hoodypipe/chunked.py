@@ -7,7 +7,7 @@ calls ``dataCallback`` once per read with a list of memoryviews over it:
 the payload of every chunk in the read, not yet copied (the relay joins it
 once, with its framing; see ``relay.Frame``). Framing errors raise twisted.web's own
 ``_MalformedChunkedDataError``, which HTTPChannel turns into
-``_respondToBadRequestAndDisconnect`` (see ``upload.PipeChannel``).
+``_respondToBadRequestAndDisconnect`` (see ``channel.PipeChannel``).
 """
 
 from __future__ import annotations

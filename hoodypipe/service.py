@@ -17,7 +17,7 @@ from hoodypipe.pipes import Reason, State
 if TYPE_CHECKING:
     from hoodypipe.hub import Hub
     from hoodypipe.pipes import Registry
-    from hoodypipe.upload import PipeSite
+    from hoodypipe.channel import PipeSite
 
 log = Logger()
 

@@ -8,7 +8,7 @@ from twisted.python import usage
 from hoodypipe.hub import Hub, HubLimits
 from hoodypipe.pipes import Limits, Registry
 from hoodypipe.service import PipeService
-from hoodypipe.upload import PipeSite
+from hoodypipe.channel import PipeSite
 from hoodypipe.web import PipeWeb
 
 

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 
 from hoodypipe.hub import Hub, HubLimits
 from hoodypipe.pipes import Limits, Registry
-from hoodypipe.upload import PipeChannel, PipeSite
+from hoodypipe.channel import PipeChannel, PipeSite
 from hoodypipe.web import PipeWeb
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hoodypipe.pipes import Limits
-from hoodypipe.upload import HEADER_TIMEOUT
+from hoodypipe.channel import HEADER_TIMEOUT
 from tests.memhttp import MemoryDaemon
 
 

@@ -7,7 +7,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from hoodypipe.tap import Options, makeService
-from hoodypipe.upload import PipeSite
+from hoodypipe.channel import PipeSite
 
 
 def options(*argv: str) -> Options:
