@@ -10,7 +10,7 @@ from twisted.web.iweb import IRequest
 
 from hoodypipe.errors import HTTPError
 from hoodypipe.headers import SenderHeaders
-from hoodypipe.relay import RECEIVER_BUFFER, Frame
+from hoodypipe.relay import Frame
 
 if TYPE_CHECKING:
     from hoodypipe.pipes import Pipe
@@ -67,12 +67,12 @@ class Download:
         # every receiver (see relay.Frame), not by Request.write for each.
         self.transport.write(frame.chunked() if self.request.chunked else frame.plain())
 
-    def watch_flow(self, producer: IPushProducer) -> None:
+    def watch_flow(self, producer: IPushProducer, step: int) -> None:
         transport = self.transport
-        transport.bufferSize = RECEIVER_BUFFER
+        transport.bufferSize = step
         # Twisted sends at most 128 KiB per write call, one call per reactor
         # turn: let a whole buffer go to the kernel at once.
-        transport.SEND_LIMIT = RECEIVER_BUFFER
+        transport.SEND_LIMIT = max(step, getattr(transport, "SEND_LIMIT", 0))
         self.request.registerProducer(producer, True)
 
     def finish(self) -> None:

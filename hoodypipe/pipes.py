@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from hoodypipe.errors import HTTPError
 from hoodypipe.headers import SenderHeaders
-from hoodypipe.relay import Frame, Relay
+from hoodypipe.relay import Frame, Relay, step_for
 
 log = Logger()
 
@@ -66,6 +66,9 @@ class SenderParty(Protocol):
 
     def resume_reading(self) -> None: ...
 
+    def read_in(self, step: int) -> None:
+        """Read the sender's socket ``step`` bytes at a time."""
+
     def end(self, error: str | None) -> None:
         """Close the sender's response: success, or an ``[ERROR] error.`` line."""
 
@@ -87,8 +90,8 @@ class ReceiverParty(Protocol):
 
     def refuse(self, error: HTTPError) -> None: ...
 
-    def watch_flow(self, producer: IPushProducer) -> None:
-        """Register ``producer`` to be paused while this receiver's buffer is full."""
+    def watch_flow(self, producer: IPushProducer, step: int) -> None:
+        """Register ``producer`` to be paused while more than ``step`` bytes wait to be sent."""
 
 
 class PipeObserver(Protocol):
@@ -263,7 +266,7 @@ class Pipe:
         self.sender.say(f"Streaming to {self.n} receiver(s)...")
         for receiver in self.relay.receivers:
             receiver.begin(self.sender.headers)
-        self.relay.start(self._early)
+        self.relay.start(self._early, step_for(self.registry.streaming))
         self._early = []
         self._schedule_idle_check()
         if self._upload_done:

@@ -16,11 +16,20 @@ from zope.interface import implementer
 
 from twisted.internet.interfaces import IPushProducer
 
-# Socket reads of the sender and the high-water mark of each receiver's
-# transport buffer. Twisted's 64 KiB default costs a read, a write and two
-# epoll changes per 64 KiB; larger steps cut that overhead (see bench/).
-READ_SIZE = 1024 * 1024
-RECEIVER_BUFFER = 1024 * 1024
+# The step: the size of the sender's socket reads and the high-water mark of
+# each receiver's transport buffer, so a transfer holds about one step plus
+# one step per receiver. Twisted's 64 KiB default costs a read, a write and
+# two epoll changes per 64 KiB; 1 MiB steps relay ~2x faster (see
+# docs/benchmarks.md). A daemon-wide budget shrinks the step as more
+# transfers stream at once, so memory stays bounded with a thousand of them.
+MAX_STEP = 1024 * 1024
+MIN_STEP = 64 * 1024
+STEP_BUDGET = 64 * 1024 * 1024
+
+
+def step_for(streaming: int) -> int:
+    """The step of a transfer starting while ``streaming`` transfers stream."""
+    return max(MIN_STEP, min(MAX_STEP, STEP_BUDGET // max(1, streaming)))
 
 if TYPE_CHECKING:
     from hoodypipe.pipes import ReceiverParty, SenderParty
@@ -87,9 +96,10 @@ class Relay:
         self._blocked: set[int] = set()
         self._on_flushed: Callable[[], None] | None = None
 
-    def start(self, early: list) -> None:
+    def start(self, early: list, step: int = MAX_STEP) -> None:
+        self.sender.read_in(step)
         for receiver in self.receivers:
-            receiver.watch_flow(_ReceiverFlow(self, receiver))
+            receiver.watch_flow(_ReceiverFlow(self, receiver), step)
         for chunk in early:
             self.write(chunk)
         if not self._blocked:

@@ -23,7 +23,6 @@ from hoodypipe.hangup import HangupWatch, socket_fileno
 from hoodypipe.headers import SenderHeaders
 from hoodypipe.names import parse_target
 from hoodypipe.pipes import State
-from hoodypipe.relay import READ_SIZE
 
 if TYPE_CHECKING:
     from hoodypipe.pipes import Pipe, Registry
@@ -135,7 +134,6 @@ class Upload:
             self.headers = SenderHeaders.read(request.requestHeaders)
             defer = request.requestHeaders.getRawHeaders(DEFER_HEADER) or [b""]
             self.defer = defer[0].strip().lower() in (b"1", b"true", b"yes")
-            request.transport.bufferSize = READ_SIZE
             self._saved_timeout = request.channel.setTimeout(None)
             self.pipe = self.registry.add_sender(target.name, self)
             if self.defer and self._continue and not self.answered and not self.closed:
@@ -254,6 +252,10 @@ class Upload:
             self.request.transport.pauseProducing()
             if not self.body_done or self._waiting():
                 self.hangups.add(self)
+
+    def read_in(self, step: int) -> None:
+        if not self.closed:
+            self.request.transport.bufferSize = step
 
     def resume_reading(self) -> None:
         if not self._reading and not self.closed:

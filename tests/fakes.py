@@ -27,6 +27,9 @@ class FakeSender:
     def resume_reading(self) -> None:
         self.reading = True
 
+    def read_in(self, step: int) -> None:
+        self.step = step
+
     def end(self, error: str | None) -> None:
         assert self.ended is False, "ended twice"
         self.ended = error
@@ -60,6 +63,7 @@ class FakeReceiver:
     def refuse(self, error: HTTPError) -> None:
         self.refused = error
 
-    def watch_flow(self, producer: IPushProducer) -> None:
+    def watch_flow(self, producer: IPushProducer, step: int) -> None:
         assert IPushProducer.providedBy(producer)
         self.producer = producer
+        self.step = step

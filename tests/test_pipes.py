@@ -230,3 +230,17 @@ def test_last_receiver_leaving_while_the_end_drains_is_a_failure():
     pipe.receiver_lost(receiver)
     assert pipe.state is State.FAILED and observer.ends == [("failed", Reason.RECEIVERS_DISCONNECTED)]
     assert sender.lines[-1] == "[ERROR] All receivers disconnected before transfer completed."
+
+
+def test_the_step_shrinks_as_more_transfers_stream():
+    from hoodypipe.relay import MAX_STEP, MIN_STEP, step_for
+
+    assert step_for(1) == MAX_STEP and step_for(10_000) == MIN_STEP
+    reg, _, _ = registry()
+    steps = []
+    for i in range(200):
+        reg.add_sender(f"p{i}", sender := FakeSender())
+        reg.add_receiver(f"p{i}", receiver := FakeReceiver())
+        assert sender.step == receiver.step
+        steps.append(sender.step)
+    assert steps[0] == MAX_STEP and steps[-1] < MAX_STEP and steps == sorted(steps, reverse=True)
