@@ -261,3 +261,13 @@ def _check_curl(role, proc, expected_size):
     if expected_size is not None and int(fields[1]) != expected_size:
         raise TransferFailed("%s got %s bytes, expected %d"
                              % (role, fields[1], expected_size))
+
+
+def argument_parser(doc):
+    """An ArgumentParser whose --help shows a script's docstring: the first
+    paragraph as the description, the rest as the epilog."""
+    import argparse
+
+    head, _, rest = doc.partition("\n\n")
+    return argparse.ArgumentParser(description=head, epilog=rest,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)

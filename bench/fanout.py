@@ -68,7 +68,7 @@ import time
 import uuid
 from datetime import datetime
 
-from _common import (HOST, PIPE_PREFIX, Child, cpu_seconds, default_twistd,
+from _common import (argument_parser, HOST, PIPE_PREFIX, Child, cpu_seconds, default_twistd,
                      exit_on_sigterm, raise_fd_limit, sample_rss,
                      start_hoodypipe)
 
@@ -768,10 +768,7 @@ def report(args, streams, phases, results, rss_open):
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = argument_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=30,
                         help="length of each measured phase (default 30)")
     parser.add_argument("--pipes", type=int, default=50,

@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 
-from _common import (HEALTH_PATH, HOST, MIB, TransferFailed, default_twistd,
+from _common import (argument_parser, HEALTH_PATH, HOST, MIB, TransferFailed, default_twistd,
                      exit_on_sigterm, http_status, parse_size, pipe_url,
                      raise_fd_limit, rss_kib, sample_rss, start_hoodypipe,
                      transfer)
@@ -158,10 +158,7 @@ def measure_pending(pid, port, idle, pipes):
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = argument_parser(__doc__)
     parser.add_argument("--size", type=parse_size, default="1G",
                         help="bytes for the throttled transfer (default 1G)")
     parser.add_argument("--rate", default="32M",

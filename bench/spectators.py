@@ -47,7 +47,7 @@ import termios
 import time
 import uuid
 
-from _common import (HOST, MIB, PIPE_PREFIX, TransferFailed, cpu_seconds,
+from _common import (argument_parser, HOST, MIB, PIPE_PREFIX, TransferFailed, cpu_seconds,
                      default_twistd, exit_on_sigterm, parse_size, pipe_url, rss_kib,
                      sample_rss, start_hoodypipe, transfer)
 
@@ -192,10 +192,7 @@ def report(results, pairs, cpus, rss_pairs, args, rss_start, rss_end):
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = argument_parser(__doc__)
     parser.add_argument("--size", type=parse_size, default="1G",
                         help="bytes per transfer, e.g. 256M, 1G (default 1G)")
     parser.add_argument("--runs", type=int, default=5,

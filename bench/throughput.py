@@ -32,7 +32,7 @@ import subprocess
 import sys
 import uuid
 
-from _common import (HOST, MIB, Child, TransferFailed, default_twistd,
+from _common import (argument_parser, HOST, MIB, Child, TransferFailed, default_twistd,
                      exit_on_sigterm, free_port, parse_size, pipe_url,
                      start_hoodypipe, transfer, wait_http_ok)
 
@@ -124,10 +124,7 @@ def report(results, size, runs):
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = argument_parser(__doc__)
     parser.add_argument("--size", type=parse_size, default="1G",
                         help="bytes per transfer, e.g. 256M, 1G (default 1G)")
     parser.add_argument("--runs", type=int, default=5,
