@@ -22,7 +22,6 @@ Examples:
   bench/memory.py --twistd /work/venv/bin/twistd
 """
 
-import argparse
 import select
 import socket
 import sys

@@ -36,7 +36,6 @@ Examples:
   bench/spectators.py --size 256M --runs 2                # quicker
 """
 
-import argparse
 import fcntl
 import select
 import socket

@@ -23,7 +23,6 @@ Examples:
   bench/throughput.py --twistd /work/venv/bin/twistd
 """
 
-import argparse
 import json
 import os
 import shutil
