@@ -36,7 +36,15 @@ _ASCII_UNSAFE = re.compile(rb"[^\x21-\x7e]")
 class PipeSite(server.Site):
     """A Site whose channels stream uploads into the pipe registry."""
 
-    def __init__(self, resource, registry: Registry, clock: IReactorTime, max_per_address: int = 256, **kwargs):
+    def __init__(
+        self,
+        resource,
+        registry: Registry,
+        clock: IReactorTime,
+        max_per_address: int = 256,
+        trusted_proxies: frozenset[str] = frozenset(),
+        **kwargs,
+    ):
         kwargs.setdefault("requestFactory", PipeRequest)
         kwargs.setdefault("reactor", clock)
         super().__init__(resource, **kwargs)
@@ -44,6 +52,9 @@ class PipeSite(server.Site):
         self.clock = clock
         self.channels: set[PipeChannel] = set()
         self.max_per_address = max_per_address
+        # Reverse proxies whose X-Forwarded-For/-Proto name the real client;
+        # they carry many clients, so the connection cap does not apply to them.
+        self.trusted_proxies = trusted_proxies
         self.by_address: dict[str, int] = {}
         self.hangups = HangupWatch(clock)
         self.protocol = PipeChannel  # type: ignore[assignment]
@@ -78,7 +89,7 @@ class PipeChannel(http.HTTPChannel):
         site = self.site
         site.channels.add(self)
         self._address = getattr(self.transport.getPeer(), "host", None)
-        if self._address is not None:
+        if self._address is not None and self._address not in site.trusted_proxies:
             count = site.by_address[self._address] = site.by_address.get(self._address, 0) + 1
             if count > site.max_per_address:
                 body = b"[ERROR] Too many connections from your address.\n"
@@ -176,7 +187,7 @@ class PipeChannel(http.HTTPChannel):
         _drop_unsent(self.transport)
         site = self.site
         site.channels.discard(self)
-        if self._address is not None:
+        if self._address is not None and self._address in site.by_address:
             left = site.by_address.get(self._address, 1) - 1
             if left > 0:
                 site.by_address[self._address] = left

@@ -66,6 +66,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["trusted-proxy"] = set()
 
     def opt_listen(self, description: str) -> None:
         """Listen on this endpoint (repeatable), e.g. tcp:8080, unix:/run/hoodypipe.sock."""
@@ -86,6 +87,15 @@ class Options(usage.Options):
         except (ValueError, TypeError) as error:
             raise usage.UsageError(f"invalid --listen endpoint {description!r}: {error}") from None
         self["listen"].append(description)
+
+    def opt_trusted_proxy(self, address: str) -> None:
+        """A reverse proxy whose X-Forwarded-For/-Proto to believe (repeatable), e.g. 127.0.0.1."""
+        import ipaddress
+
+        try:
+            self["trusted-proxy"].add(str(ipaddress.ip_address(address)))
+        except ValueError:
+            raise usage.UsageError(f"invalid --trusted-proxy {address!r}: not an IP address") from None
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -116,6 +126,12 @@ def makeService(config: Options, reactor=None) -> PipeService:
         ),
     )
     web = PipeWeb(registry, hub, reactor)
-    site = PipeSite(web.resource(), registry, reactor, max_per_address=config["max-connections-per-address"])
+    site = PipeSite(
+        web.resource(),
+        registry,
+        reactor,
+        max_per_address=config["max-connections-per-address"],
+        trusted_proxies=frozenset(config["trusted-proxy"]),
+    )
     endpoints = [serverFromString(reactor, description) for description in config["listen"]]
     return PipeService(reactor, site, registry, hub, endpoints, config["drain-timeout"], config["port-file"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import server
@@ -50,6 +51,30 @@ class PipeRequest(server.Request):
     # receivers' included; every response here sets its own.
     defaultContentType = None
     upload: Upload | None = None
+
+    def _proxies(self) -> frozenset[str]:
+        return getattr(getattr(self.channel, "site", None), "trusted_proxies", frozenset())
+
+    def getClientAddress(self):
+        """The client: the peer, or what a trusted proxy says in X-Forwarded-For."""
+        peer = super().getClientAddress()
+        proxies = self._proxies()
+        if getattr(peer, "host", None) not in proxies:
+            return peer
+        forwarded = b",".join(self.requestHeaders.getRawHeaders(b"X-Forwarded-For") or [])
+        # The nearest address that is not one of our proxies: those further
+        # left are whatever the client chose to send.
+        for hop in reversed([h.strip().decode("latin-1") for h in forwarded.split(b",") if h.strip()]):
+            if hop not in proxies:
+                return (IPv6Address if ":" in hop else IPv4Address)("TCP", hop, 0)
+        return peer
+
+    def isSecure(self) -> bool:
+        if getattr(super().getClientAddress(), "host", None) in self._proxies():
+            proto = self.requestHeaders.getRawHeaders(b"X-Forwarded-Proto")
+            if proto:
+                return proto[-1].strip().lower() == b"https"
+        return super().isSecure()
 
     def getRequestHostname(self) -> bytes:
         # werkzeug (inside Klein) answers 500 to a Host that is no hostname.

@@ -64,3 +64,30 @@ def test_waiting_parties_per_address_are_capped_and_released():
     d.sender("/a")  # a starts: its receiver no longer waits
     assert d.receiver("/c").raw == b""
     assert d.registry.waiting_by_address["127.0.0.1"] == 2
+
+
+def test_a_trusted_proxy_names_the_client_and_is_not_capped():
+    d = MemoryDaemon(Limits(max_waiting_per_address=1))
+    d.site.trusted_proxies = frozenset({"127.0.0.1"})
+    d.site.max_per_address = 1
+    a = d.receiver("/a", {"X-Forwarded-For": "198.51.100.7"})
+    b = d.receiver("/b", {"X-Forwarded-For": "spoofed, 198.51.100.8"})
+    assert a.raw == b.raw == b""  # two connections, two clients: neither capped
+    again = d.receiver("/c", {"X-Forwarded-For": "198.51.100.7"})
+    assert again.response().status == 429  # that client already waits once
+    assert d.registry.waiting_by_address == {"198.51.100.7": 1, "198.51.100.8": 1}
+    health = d.receiver("/api/v1/pipe/health", {"X-Forwarded-For": "203.0.113.9"}).response()
+    assert b'"ip":"203.0.113.9"' in health.body
+
+
+def test_x_forwarded_proto_from_a_trusted_proxy_sets_the_scheme_in_help():
+    d = MemoryDaemon()
+    d.site.trusted_proxies = frozenset({"127.0.0.1"})
+    got = d.receiver("/help", {"X-Forwarded-Proto": "https"}).response()
+    assert b"https://pipe.test/api/v1/pipe/mypipe" in got.body
+
+
+def test_forwarded_headers_from_anyone_else_are_ignored():
+    d = MemoryDaemon()
+    got = d.receiver("/api/v1/pipe/health", {"X-Forwarded-For": "203.0.113.9"}).response()
+    assert b'"ip":"127.0.0.1"' in got.body

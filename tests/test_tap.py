@@ -60,3 +60,9 @@ def test_service_listens_on_every_endpoint_and_wires_the_limits():
     d = service.stopService()
     reactor.advance(1)
     assert d.called and not service.hub._loop.running
+
+
+def test_trusted_proxies_are_ip_addresses():
+    assert options("--trusted-proxy", "127.0.0.1", "--trusted-proxy", "::1")["trusted-proxy"] == {"127.0.0.1", "::1"}
+    with pytest.raises(usage.UsageError):
+        options("--trusted-proxy", "proxy.example")

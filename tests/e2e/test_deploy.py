@@ -544,8 +544,10 @@ def test_memory_deny_write_execute(launcher, tmp_path):
 
 @pytest.fixture(scope="module")
 def proxied(module_launcher):
-    """One daemon shared by the proxy tests; short idle timeout so a stall fails fast."""
-    daemon, _ = module_launcher("--progress-interval", "0.05", "--wait-timeout", "30", "--idle-timeout", "10")
+    """One daemon shared by the proxy tests, trusting them as the recipes say; short idle timeout
+    so a stall fails fast."""
+    daemon, _ = module_launcher("--progress-interval", "0.05", "--wait-timeout", "30", "--idle-timeout", "10",
+                                "--trusted-proxy", "127.0.0.1")
     return daemon
 
 
@@ -645,10 +647,11 @@ def test_nginx_site_recipe(proxied, tls_cert, tmp_path):
             transfer(f"{base}/{name}", f"{base}/{name}", data, verify, verify, timeout=20, what="nginx site")
         except AssertionError as error:
             raise AssertionError(f"{error}\n(daemon: {status(proxied, name)}) {NGINX_STALL}") from None
-        # Host with its port reaches the daemon ($http_host): /help names the proxy's address.
+        # Host with its port reaches the daemon ($http_host), and X-Forwarded-Proto from a trusted
+        # proxy: /help names the proxy's address, https included.
         help_text = subprocess.run(["curl", "-sS", *verify, f"{base}/help"], capture_output=True,
                                    timeout=10).stdout.decode()
-        assert f"localhost:{https_port}/" in help_text, help_text[:500]
+        assert f"https://localhost:{https_port}/" in help_text, help_text[:500]
     finally:
         server.close()
 
