@@ -441,17 +441,15 @@ class Registry:
         return pipe
 
     def add_sender(self, name: str, sender: SenderParty) -> Pipe:
-        pipe = self._pipe_for(name, sender.n)
-        try:
-            pipe.add_sender(sender)
-        finally:
-            self._drop_if_empty(pipe)
-        return pipe
+        return self._join(name, sender, Pipe.add_sender)
 
     def add_receiver(self, name: str, receiver: ReceiverParty) -> Pipe:
-        pipe = self._pipe_for(name, receiver.n)
+        return self._join(name, receiver, Pipe.add_receiver)
+
+    def _join(self, name: str, party, add) -> Pipe:
+        pipe = self._pipe_for(name, party.n)
         try:
-            pipe.add_receiver(receiver)
+            add(pipe, party)
         finally:
             self._drop_if_empty(pipe)
         return pipe

@@ -88,22 +88,36 @@ def start_daemon(*args: str, timeout: float = 20.0) -> Daemon:
     return daemon
 
 
-@pytest.fixture
-def daemon_factory() -> Iterator:
-    """Start daemons with options; each is stopped, and its log checked, afterwards."""
+def _stop_and_check(daemon: Daemon) -> None:
+    daemon.stop()
+    text = daemon.log_text()
+    shutil.rmtree(daemon.workdir, ignore_errors=True)
+    assert "Traceback" not in text, f"the daemon logged an error:\n{text[-4000:]}"
+
+
+def _daemons() -> Iterator:
+    """A factory of daemons; each is stopped, and its log checked, afterwards."""
     started: list[Daemon] = []
 
     def factory(*args: str) -> Daemon:
-        daemon = start_daemon(*args)
-        started.append(daemon)
-        return daemon
+        started.append(start_daemon(*args))
+        return started[-1]
 
     yield factory
     for daemon in started:
-        daemon.stop()
-        text = daemon.log_text()
-        shutil.rmtree(daemon.workdir, ignore_errors=True)
-        assert "Traceback" not in text, f"the daemon logged an error:\n{text[-4000:]}"
+        _stop_and_check(daemon)
+
+
+@pytest.fixture
+def daemon_factory() -> Iterator:
+    """Start daemons with options, for one test."""
+    yield from _daemons()
+
+
+@pytest.fixture(scope="module")
+def module_daemon_factory() -> Iterator:
+    """Start daemons with options, shared by a module's tests."""
+    yield from _daemons()
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +125,7 @@ def daemon() -> Iterator[Daemon]:
     """One daemon with short timeouts shared by a module's tests."""
     daemon = start_daemon("--wait-timeout", "30", "--idle-timeout", "30")
     yield daemon
-    daemon.stop()
-    text = daemon.log_text()
-    shutil.rmtree(daemon.workdir, ignore_errors=True)
-    assert "Traceback" not in text, f"the daemon logged an error:\n{text[-4000:]}"
+    _stop_and_check(daemon)
 
 
 @pytest.fixture(autouse=True)

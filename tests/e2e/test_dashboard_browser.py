@@ -92,6 +92,15 @@ def _shot(page, stage: str) -> Path:
     return path
 
 
+def _stop(sender, receiver, context) -> None:
+    """End what a test started, whether it passed or not."""
+    if sender is not None and sender.thread.is_alive():
+        sender.kill()
+    if receiver is not None:
+        receiver.close()
+    context.close()
+
+
 def _percent(page) -> float | None:
     text = page.inner_text("#percent").strip().rstrip("%")
     try:
@@ -197,11 +206,7 @@ def test_dashboard_on_a_phone_follows_a_transfer(browser, daemon):
         assert fresh.evaluate("document.documentElement.scrollWidth") <= 390
         assert problems.items == [], problems.items
     finally:
-        if sender is not None and sender.thread.is_alive():
-            sender.kill()
-        if receiver is not None:
-            receiver.close()
-        context.close()
+        _stop(sender, receiver, context)
 
 
 def test_dashboard_reconnects_after_the_spectator_window(browser, spawn):
@@ -242,11 +247,7 @@ def test_dashboard_reconnects_after_the_spectator_window(browser, spawn):
         assert page.evaluate("window.__csp") == []
         assert problems.items == [], problems.items
     finally:
-        if sender is not None and sender.thread.is_alive():
-            sender.kill()
-        if receiver is not None:
-            receiver.close()
-        context.close()
+        _stop(sender, receiver, context)
 
 
 def test_dashboard_falls_back_to_polling_when_sse_is_refused(browser, spawn):
@@ -278,8 +279,4 @@ def test_dashboard_falls_back_to_polling_when_sse_is_refused(browser, spawn):
         receiver.join()
     finally:
         hog.close()
-        if sender is not None and sender.thread.is_alive():
-            sender.kill()
-        if receiver is not None:
-            receiver.close()
-        context.close()
+        _stop(sender, receiver, context)

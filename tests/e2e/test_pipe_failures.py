@@ -25,27 +25,9 @@ BROKEN_DOWNLOAD = {18, 56}
 
 
 @pytest.fixture(scope="module")
-def short(daemon_factory_module):
+def short(module_daemon_factory):
     """A daemon with one-second wait and idle timeouts."""
-    return daemon_factory_module("--wait-timeout", "1", "--idle-timeout", "1")
-
-
-@pytest.fixture(scope="module")
-def daemon_factory_module():
-    from tests.conftest import start_daemon
-
-    started = []
-
-    def factory(*args):
-        d = start_daemon(*args)
-        started.append(d)
-        return d
-
-    yield factory
-    for d in started:
-        d.stop()
-        text = d.log_text()
-        assert "Traceback" not in text, f"the daemon logged an error:\n{text[-4000:]}"
+    return module_daemon_factory("--wait-timeout", "1", "--idle-timeout", "1")
 
 
 # -- a sender that dies ---------------------------------------------------------------------
