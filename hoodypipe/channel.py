@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web import http, server
 
 from hoodypipe.chunked import ChunkedDecoder
-from hoodypipe.hangup import HangupWatch
+from hoodypipe.hangup import hangup_watch
 from hoodypipe.upload import PipeRequest
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class PipeSite(server.Site):
         # they carry many clients, so the connection cap does not apply to them.
         self.trusted_proxies = trusted_proxies
         self.by_address: dict[str, int] = {}
-        self.hangups = HangupWatch(clock)
+        self.hangups = hangup_watch(clock)
         self.protocol = PipeChannel  # type: ignore[assignment]
         # A form-typed POST would otherwise be parsed into memory.
         self._parsePOSTFormSubmission = False
