@@ -6,6 +6,12 @@ something changed (``changed``/``ended``); figures are read on the hub's one
 name, not once per spectator. A spectator whose socket is full is skipped:
 it gets the latest figures when it drains (latest wins), and its ``state``
 and ``done`` events are kept, one of each, so its memory stays bounded.
+
+The lifecycle of a stream (KIT.md section 1): ids are ``max(last id + 1,
+Unix time in microseconds)`` per name, so they increase across streams,
+transfers and restarts; a plain stream carries one transfer and ends right
+after its ``done``; a reconnect that has seen the latest ``done`` gets 204
+(see ``Hub.seen_end``); ``follow`` streams stay open across transfers.
 """
 
 from __future__ import annotations
@@ -52,16 +58,21 @@ class HubLimits:
 class Spectator:
     """One open ``?progress`` stream (SSE or text)."""
 
-    def __init__(self, hub: Hub, name: str, request: IRequest, kind: str, opened: float) -> None:
+    def __init__(
+        self, hub: Hub, name: str, request: IRequest, kind: str, opened: float, follow: bool = False
+    ) -> None:
         self.hub = hub
         self.name = name
         self.request = request
         self.kind = kind  # "sse" or "text"
+        self.follow = follow  # stays open across transfers
         self.opened = opened
         self.full = False
         self.closed = False
-        # What a full socket could not take yet: the latest of each kind.
+        # What a full socket could not take yet: the latest of each kind, but
+        # every ``done`` (a one-shot trigger is never merged away).
         self.held: dict[str, bytes] = {}
+        self._dones = 0
         self.done: Deferred[None] = Deferred(lambda _: self.hub._left(self))
 
     # Twisted pauses us while the client's socket buffer is full.
@@ -70,30 +81,40 @@ class Spectator:
 
     def resumeProducing(self) -> None:
         self.full = False
-        held, self.held = self.held, {}
-        # In the order they came (so ids keep increasing), the latest of each kind.
-        for data in held.values():
-            if self.closed:
-                break
-            self.request.write(data)
+        self._flush_held()
 
     def stopProducing(self) -> None:
         pass
+
+    def _flush_held(self) -> None:
+        held, self.held = self.held, {}
+        # In the order they came (so ids keep increasing).
+        for data in held.values():
+            self.request.write(data)
 
     def send(self, kind: str, data: bytes) -> None:
         if self.closed:
             return
         if self.full:
+            if kind == "done":
+                self._dones += 1
+                kind = f"done {self._dones}"
             self.held.pop(kind, None)  # re-inserted last: held keeps arrival order
             self.held[kind] = data
         else:
             self.request.write(data)
 
     def close(self) -> None:
-        """End the stream at an event boundary."""
+        """End the stream at an event boundary, after what it still holds.
+
+        What is held is at most one event of each kind, so handing it to the
+        transport of a slow reader keeps memory bounded, and a ``done`` that
+        was due still reaches it.
+        """
         if self.closed:
             return
         self.closed = True
+        self._flush_held()
         self.request.unregisterProducer()
         self.request.finish()
         self.hub._left(self)
@@ -102,16 +123,21 @@ class Spectator:
 
 
 class Watch:
-    """The spectators of one name, and the event counter they share."""
+    """The spectators of one name."""
 
     def __init__(self) -> None:
         self.spectators: list[Spectator] = []
-        self.sequence = 0
         self.last_state: dict[str, Any] | None = None
 
-    def next_id(self) -> int:
-        self.sequence += 1
-        return self.sequence
+
+def parse_last_event_id(value: bytes | None) -> int | None:
+    """A ``Last-Event-ID`` that is one of our ids (a decimal integer), else None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > 19 or not value.isdigit():
+        return None
+    return int(value)
 
 
 class Hub:
@@ -124,6 +150,9 @@ class Hub:
         self.watches: dict[str, Watch] = {}
         self.meters: dict[Pipe, Meter] = {}
         self.finals: OrderedDict[str, Final] = OrderedDict()
+        # The last event id of every name that is watched, live or retained
+        # (a retained one also keeps it on its Final, for a shared store).
+        self.last_ids: dict[str, int] = {}
         self.ticks = 0
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
@@ -145,6 +174,7 @@ class Hub:
         record = self.finals.get(name)
         if record is not None and self.clock.seconds() - record.at > self.limits.retain:
             del self.finals[name]
+            self._forget_id(name)
             return None
         return record
 
@@ -164,6 +194,7 @@ class Hub:
             meter.sample(self.clock.seconds(), 0)
         watch = self.watches.get(pipe.name)
         if watch is None:
+            self._forget_id(pipe.name)
             return
         current = self.live(pipe.name)
         if current is not None and current is not pipe:
@@ -172,14 +203,45 @@ class Hub:
 
     def ended(self, pipe: Pipe) -> None:
         meter = self.meters.pop(pipe, None)
-        record = Final.of(pipe, meter, self.clock.seconds())
+        watch = self.watches.get(pipe.name)
+        broadcast = watch is not None and self.live(pipe.name) is None
+        # The final state and progress go out before the done, so they take
+        # the lower ids; D is the done's id, watched or not.
+        first_ids = (self.next_id(pipe.name), self.next_id(pipe.name)) if broadcast else None
+        record = Final.of(pipe, meter, self.clock.seconds(), done_id=self.next_id(pipe.name))
         self.finals[pipe.name] = record
         self.finals.move_to_end(pipe.name)
         while len(self.finals) > MAX_RETAINED:
-            self.finals.popitem(last=False)
-        watch = self.watches.get(pipe.name)
-        if watch is not None and self.live(pipe.name) is None:
-            self._send_final(pipe.name, watch, record)
+            self._forget_id(self.finals.popitem(last=False)[0])
+        if watch is not None and first_ids is not None:
+            self._send_final(pipe.name, watch, record, first_ids)
+
+    # -- ids ------------------------------------------------------------------------
+
+    def next_id(self, name: str) -> int:
+        """A fresh event id for ``name``: above all its earlier ones, and at
+        least the Unix time in microseconds, so a restart (which forgets the
+        last id unless it was retained) still goes upwards."""
+        record = self.finals.get(name)
+        last = max(self.last_ids.get(name, 0), record.last_id if record else 0)
+        new = max(last + 1, int(self.clock.seconds() * 1_000_000))
+        self.last_ids[name] = new
+        if record is not None:
+            record.last_id = new
+        return new
+
+    def _forget_id(self, name: str) -> None:
+        """Nothing of ``name`` is left to number: its ids may start from the clock."""
+        if name not in self.watches and name not in self.finals and self.live(name) is None:
+            self.last_ids.pop(name, None)
+
+    def seen_end(self, name: str, last_event_id: int | None) -> bool:
+        """Whether a reconnecting plain stream has already seen the name's
+        latest ``done`` and nothing newer has begun: it gets 204."""
+        if last_event_id is None or self.live(name) is not None:
+            return False
+        record = self.final(name)
+        return record is not None and last_event_id >= record.done_id
 
     # -- sending -------------------------------------------------------------------
 
@@ -187,16 +249,16 @@ class Hub:
         if state == watch.last_state:
             return
         watch.last_state = state
-        data = sse.event("state", state, watch.next_id())
+        data = sse.event("state", state, self.next_id(name))
         line = self._text(name)
         for spectator in list(watch.spectators):
             spectator.send("state", data) if spectator.kind == "sse" else spectator.send("line", line)
 
-    def _send_final(self, name: str, watch: Watch, record: Final) -> None:
+    def _send_final(self, name: str, watch: Watch, record: Final, ids: tuple[int, int]) -> None:
         watch.last_state = record.state
-        state = sse.event("state", record.state, watch.next_id())
-        progress = sse.event("progress", record.progress, watch.next_id())
-        done = sse.event("done", record.done, watch.next_id())
+        state = sse.event("state", record.state, ids[0])
+        progress = sse.event("progress", record.progress, ids[1])
+        done = sse.event("done", record.done, record.done_id)
         line = self._final_line(record)
         for spectator in list(watch.spectators):
             if spectator.kind == "sse":
@@ -205,7 +267,8 @@ class Hub:
                 spectator.send("done", done)
             else:
                 spectator.send("line", line)
-                spectator.close()
+            if not spectator.follow:
+                spectator.close()  # a plain stream carries one transfer
 
     @staticmethod
     def _final_line(record: Final) -> bytes:
@@ -228,7 +291,7 @@ class Hub:
         for name, watch in list(self.watches.items()):
             pipe = self.live(name)
             if pipe is not None and pipe.state is State.STREAMING:
-                data = sse.event("progress", progress_event(pipe, self.meters.get(pipe), now), watch.next_id())
+                data = sse.event("progress", progress_event(pipe, self.meters.get(pipe), now), self.next_id(name))
                 for spectator in watch.spectators:
                     if spectator.kind == "sse":
                         spectator.send("progress", data)
@@ -251,10 +314,13 @@ class Hub:
             if now - record.at <= self.limits.retain:
                 break
             del self.finals[name]
+            self._forget_id(name)
 
     # -- spectators coming and going ---------------------------------------------------
 
-    def watch(self, name: str, request: IRequest, kind: str) -> Spectator:
+    def watch(
+        self, name: str, request: IRequest, kind: str, follow: bool = False, last_event_id: int | None = None
+    ) -> Spectator:
         """Open a stream on ``name``; 429 past the caps."""
         watch = self.watches.get(name)
         if watch is None:
@@ -268,31 +334,42 @@ class Hub:
                 {b"Retry-After": b"30"},
             )
         self.watches[name] = watch
-        spectator = Spectator(self, name, request, kind, self.clock.seconds())
+        spectator = Spectator(self, name, request, kind, self.clock.seconds(), follow)
         watch.spectators.append(spectator)
         request.registerProducer(spectator, True)
-        self._greet(name, watch, spectator)
+        self._greet(name, spectator, last_event_id)
         return spectator
 
-    def _greet(self, name: str, watch: Watch, spectator: Spectator) -> None:
-        """What a new stream gets at once: where things stand, or how they ended."""
+    def _greet(self, name: str, spectator: Spectator, last_event_id: int | None) -> None:
+        """What a new stream gets at once: where things stand, or how they ended.
+
+        Every event here is for this stream alone, so each takes a fresh id.
+        """
         pipe = self.live(name)
-        record = self.final(name) if pipe is None else None
+        record = self.final(name)
         if spectator.kind == "text":
             spectator.send("line", self._text(name))
-            if record is not None:
+            if pipe is None and record is not None and not spectator.follow:
                 spectator.close()
             return
         spectator.send("retry", sse.retry())
-        if record is not None:
-            spectator.send("state", sse.event("state", record.state, watch.next_id()))
-            spectator.send("progress", sse.event("progress", record.progress, watch.next_id()))
-            spectator.send("done", sse.event("done", record.done, watch.next_id()))
+        missed_done = record is not None and (last_event_id is None or last_event_id < record.done_id)
+        if pipe is None and record is not None:
+            spectator.send("state", sse.event("state", record.state, self.next_id(name)))
+            if not missed_done:
+                return  # follow only: a plain stream that saw the end got 204
+            spectator.send("progress", sse.event("progress", record.progress, self.next_id(name)))
+            spectator.send("done", sse.event("done", record.done, self.next_id(name)))
+            if not spectator.follow:
+                spectator.close()
             return
-        spectator.send("state", sse.event("state", state_event(pipe), watch.next_id()))
+        if pipe is not None and record is not None and spectator.follow and last_event_id is not None and missed_done:
+            # A follower that was away when the previous transfer ended.
+            spectator.send("done", sse.event("done", record.done, self.next_id(name)))
+        spectator.send("state", sse.event("state", state_event(pipe), self.next_id(name)))
         if pipe is not None and pipe.state is State.STREAMING:
             figures = progress_event(pipe, self.meters.get(pipe), self.clock.seconds())
-            spectator.send("progress", sse.event("progress", figures, watch.next_id()))
+            spectator.send("progress", sse.event("progress", figures, self.next_id(name)))
 
     def _left(self, spectator: Spectator) -> None:
         spectator.closed = True
@@ -302,6 +379,7 @@ class Hub:
         watch.spectators.remove(spectator)
         if not watch.spectators:
             del self.watches[spectator.name]
+            self._forget_id(spectator.name)
 
     def close_all(self) -> None:
         for watch in list(self.watches.values()):

@@ -166,22 +166,32 @@ class Final:
 
     Up to 10,000 of these are kept, so they hold compact JSON text (about
     1 KiB each, a third of the dicts) and give dicts back when asked.
+
+    ``done_id`` is the SSE id its ``done`` was broadcast with (D in KIT.md
+    section 1): a client whose ``Last-Event-ID`` reaches it has seen the end.
+    ``last_id`` is the name's latest event id, kept with the state so that
+    ids stay increasing while nobody watches.
     """
 
-    __slots__ = ("_state", "_progress", "_done", "_snapshot", "at")
+    __slots__ = ("_state", "_progress", "_done", "_snapshot", "at", "done_id", "last_id")
 
-    def __init__(self, state: dict, progress: dict, done: dict, snapshot: dict, at: float) -> None:
+    def __init__(
+        self, state: dict, progress: dict, done: dict, snapshot: dict, at: float, done_id: int = 0
+    ) -> None:
         self._state, self._progress, self._done, self._snapshot = map(_compact, (state, progress, done, snapshot))
         self.at = at
+        self.done_id = done_id
+        self.last_id = done_id
 
     @classmethod
-    def of(cls, pipe: Pipe, meter: Meter | None, now: float) -> Final:
+    def of(cls, pipe: Pipe, meter: Meter | None, now: float, done_id: int = 0) -> Final:
         return cls(
             state=state_event(pipe),
             progress=progress_event(pipe, meter, now),
             done=done_event(pipe),
             snapshot=snapshot(pipe, meter, now),
             at=now,
+            done_id=done_id,
         )
 
     state = property(lambda self: json.loads(self._state))

@@ -23,14 +23,14 @@ from werkzeug.routing import BaseConverter
 from hoodypipe import __version__
 from hoodypipe.download import Download
 from hoodypipe.errors import HTTPError
-from hoodypipe.hub import Hub, json_body
+from hoodypipe.hub import Hub, json_body, parse_last_event_id
 from hoodypipe.metrics import Metrics
 from hoodypipe.names import PREFIX, Target, parse_target
 from hoodypipe.pipes import Registry
 from hoodypipe.progress import rfc3339
 
 PIPE_METHODS = b"GET, PUT, POST, OPTIONS"
-CORS_HEADERS = b"Content-Type, Content-Disposition, X-Piping, X-Hoody-Pipe, X-Pipe-Size"
+CORS_HEADERS = b"Content-Type, Content-Disposition, X-Piping, X-Hoody-Pipe, X-Pipe-Size, Last-Event-ID"
 FORMATS = {"text/html": "html", "text/event-stream": "sse", "application/json": "json", "text/plain": "text"}
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
@@ -227,6 +227,8 @@ class PipeWeb:
             request.setHeader(b"Access-Control-Allow-Methods", PIPE_METHODS)
             request.setHeader(b"Access-Control-Allow-Headers", CORS_HEADERS)
             request.setHeader(b"Access-Control-Max-Age", b"86400")
+            if (request.getHeader(b"Access-Control-Request-Private-Network") or b"").lower() == b"true":
+                request.setHeader(b"Access-Control-Allow-Private-Network", b"true")
             request.setHeader(b"Content-Length", b"0")
             return b""
         status = query.flag("status")
@@ -235,7 +237,7 @@ class PipeWeb:
         if method != b"GET":
             raise HTTPError(405, f"Method {method.decode('latin-1')} is not allowed.", {b"Allow": PIPE_METHODS})
         if query.flag("progress"):
-            return self.progress(request, name, query.get("format"))
+            return self.progress(request, name, query.get("format"), query.flag("follow"))
         if status:
             return self._json(request, self.hub.snapshot(name))
         return self.receive(request, name, target)
@@ -260,7 +262,7 @@ class PipeWeb:
         receiver.pipe = self.registry.add_receiver(name, receiver)
         return receiver.done
 
-    def progress(self, request: IRequest, name: str, fmt: str | None) -> Any:
+    def progress(self, request: IRequest, name: str, fmt: str | None, follow: bool = False) -> Any:
         if fmt is not None and fmt not in FORMATS.values():
             raise HTTPError(400, "Invalid format: use html, sse, json or text.")
         kind = fmt or choose_format(request.getHeader(b"Accept"))
@@ -276,7 +278,8 @@ class PipeWeb:
                 "dashboard.html",
                 name=_display(name),
                 pipe_url=f"{base}{path}",
-                sse_url=f"{path}?progress&format=sse",
+                # follow: a dashboard left open shows the next transfer too.
+                sse_url=f"{path}?progress&follow=1&format=sse",
                 status_url=f"{path}?status",
                 snapshot=self.hub.snapshot(name),
                 interval_ms=int(self.hub.limits.interval * 1000),
@@ -284,11 +287,16 @@ class PipeWeb:
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        last_event_id = parse_last_event_id(request.getHeader(b"Last-Event-ID")) if kind == "sse" else None
+        if kind == "sse" and not follow and self.hub.seen_end(name, last_event_id):
+            # It has seen how the transfer ended: EventSource stops on 204.
+            request.setResponseCode(204)
+            return b""
         if kind == "sse":
             request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         else:
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        spectator = self.hub.watch(name, request, kind)
+        spectator = self.hub.watch(name, request, kind, follow, last_event_id)
         return spectator.done
 
 

@@ -152,15 +152,18 @@ def test_latecomers_see_the_final_state_until_retention_ends():
     assert json.loads(d.receiver("/x?status").response().body)["state"] == "idle"
 
 
-def test_open_streams_follow_a_new_transfer_on_the_name():
+def test_follow_streams_follow_a_new_transfer_on_the_name():
     d = MemoryDaemon()
     d.hub.start()
-    watcher = d.receiver("/x?progress", SSE)
+    plain = d.receiver("/x?progress", SSE)
+    follower = d.receiver("/x?progress&follow=1", SSE)
     sender, _ = started(d)
     sender.chunk(b"1").end_chunks()
     d.sender("/x")
-    states = [v["state"] for e, v in events(watcher.raw) if e == "state"]
+    states = [v["state"] for e, v in events(follower.raw) if e == "state"]
     assert states[-1] == "waiting" and "complete" in states
+    assert plain.response().complete  # a plain stream carries one transfer
+    assert [v["state"] for e, v in events(plain.raw) if e == "state"][-1] == "complete"
 
 
 def test_failed_transfer_reports_its_reason():

@@ -331,7 +331,9 @@ async def test_lifecycle_over_sse_with_treq(daemon):
         assert receiver.status == 200 and receiver.complete and receiver.digest == sender.digest
         assert sender.lines[-1] == "[INFO] Transfer complete.", sender.lines
         check_lifecycle(log.events, total, known=True, duration=duration)
-        assert not log.ended, "the stream stays open after done (it follows the name)"
+        # A plain stream carries one transfer: the server ends it after done.
+        await _until(lambda: log.ended, 5, "the stream to end after done", log)
+        assert [e.kind for e in log.events].count("done") == 1
     finally:
         if collector.transport is not None:
             collector.transport.stopProducing()
@@ -470,7 +472,7 @@ def test_wait_timeout(daemon):
 # -- 4. latecomers and a new transfer on the same name -------------------------------------------------
 
 
-def test_latecomer_sees_the_end_and_streams_follow_a_new_transfer(daemon):
+def test_latecomer_sees_the_end_and_follow_streams_follow_a_new_transfer(daemon):
     name = unique("late")
     sender = PacedSender(daemon, name, 300_000, 0)
     receiver = Receiver(daemon, name)
@@ -479,7 +481,10 @@ def test_latecomer_sees_the_end_and_streams_follow_a_new_transfer(daemon):
     wait_status(daemon, name, state="complete")
 
     opened = time.monotonic()
-    late = CurlSSE(daemon.url(name, "progress"))
+    plain = CurlSSE(daemon.url(name, "progress"))
+    plain.wait_end(5)  # the final line, then the end of the stream
+    assert plain.proc.returncode == 0 and [e.kind for e in plain.events] == ["retry", "state", "progress", "done"]
+    late = CurlSSE(daemon.url(name, "progress&follow=1"))
     try:
         done = late.wait_for(is_kind("done"), 2, "done at once")
         assert done.at - opened < 1.0, "a latecomer gets the final line at once"
@@ -496,7 +501,7 @@ def test_latecomer_sees_the_end_and_streams_follow_a_new_transfer(daemon):
         text = fetch(daemon, f"{PREFIX}{name}?progress&format=text", timeout=5)
         assert text.status == 200 and text.text.startswith("[complete]") and text.text.endswith("\n"), text
 
-        # A new transfer on the name: the open stream follows it.
+        # A new transfer on the name: the follow stream follows it.
         seen = len(late.events)
         second = PacedSender(daemon, name, 600_000, 1.0)
         late.wait_for(is_state("waiting", hasSender=True), 5, "the new transfer waiting", after=seen)
