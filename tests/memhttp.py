@@ -2,54 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from hoodypipe.channel import PipeChannel, PipeSite
 from hoodypipe.hub import Hub, HubLimits
 from hoodypipe.pipes import Limits, Registry
-from hoodypipe.channel import PipeChannel, PipeSite
 from hoodypipe.web import PipeWeb
+from tests.support.httpwire import Response, parse_response
 
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    complete: bool
-
-
-def parse_response(raw: bytes) -> Response:
-    """The first final response in ``raw`` (1xx skipped), chunked body decoded as far as it goes."""
-    while raw.startswith(b"HTTP/1.1 1"):
-        raw = raw.split(b"\r\n\r\n", 1)[1]
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        key, _, value = line.partition(":")
-        headers[key.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding") == "chunked":
-        body = b""
-        complete = False
-        while rest:
-            size_line, sep, rest = rest.partition(b"\r\n")
-            if not sep:
-                break
-            size = int(size_line, 16)
-            if size == 0:
-                complete = True
-                break
-            body += rest[:size]
-            rest = rest[size + 2 :]
-        return Response(status, headers, body, complete)
-    length = int(headers.get("content-length", "0"))
-    return Response(status, headers, rest[:length], len(rest) >= length)
+__all__ = ["Conn", "HalfCloseTransport", "MemoryDaemon", "Response", "parse_response"]
 
 
 class HalfCloseTransport(StringTransport):
@@ -93,7 +57,7 @@ class Conn:
         return self.transport.value()
 
     def response(self) -> Response:
-        return parse_response(self.raw)
+        return parse_response(self.raw, closed=self.aborted or self.closing)
 
     @property
     def reading(self) -> bool:

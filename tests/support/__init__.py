@@ -1,0 +1,6 @@
+"""Code shared by the tests and the benchmarks (bench/_common.py puts the repository root on
+sys.path, so ``python bench/x.py`` imports it from the checkout).
+
+- ``httpwire``: HTTP/1.1 by hand: requests, response heads, bodies (chunked decoding that knows
+  whether the last chunk came), a blocking client connection.
+"""
