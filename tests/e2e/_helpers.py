@@ -9,21 +9,23 @@ import hashlib
 import http.client
 import json
 import re
-import socket
 import subprocess
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from tests.support.httpwire import Connection, Headers, Response, last_final_head
 
 CURL = "curl"
 CHUNK = 1 << 20
 ERROR_LINE = re.compile(rb"^\[ERROR\] [^\r\n]+\.\n$")
 
 # Every curl child started here, so that a failing test leaves none behind.
-LIVE: list["Curl"] = []
+LIVE: list[Curl] = []
 
 
 def unique(prefix: str = "p") -> str:
@@ -45,24 +47,6 @@ def sha256(data: bytes) -> str:
 # -- plain HTTP requests (http.client sends the target as given) -------------------
 
 
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        values = self.all(name)
-        return values[0] if values else None
-
-    def all(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-
 def fetch(daemon, target: str, method: str = "GET", headers: dict[str, str] | None = None,
           body: bytes | None = None, timeout: float = 10) -> Response:
     """One request on a fresh connection; ``target`` is a path like ``/api/v1/pipe/x?n=2``."""
@@ -76,7 +60,7 @@ def fetch(daemon, target: str, method: str = "GET", headers: dict[str, str] | No
         conn.endheaders(body)
         answer = conn.getresponse()
         data = answer.read()
-        return Response(answer.status, list(answer.getheaders()), data)
+        return Response(answer.status, Headers(answer.getheaders()), data, complete=True)
     finally:
         conn.close()
 
@@ -278,19 +262,9 @@ class CurlResult:
 
 
 def parse_header_dump(raw: bytes) -> tuple[int, list[tuple[str, str]]]:
-    """The last non-1xx header block of a ``curl -D`` dump."""
-    blocks = [b for b in raw.replace(b"\r\n", b"\n").split(b"\n\n") if b.strip()]
-    final = [b for b in blocks if not re.match(rb"HTTP/\S+ 1\d\d", b)]
-    if not final:
-        return 0, []
-    lines = final[-1].decode("latin-1").split("\n")
-    code = int(lines[0].split()[1])
-    headers = []
-    for line in lines[1:]:
-        if ":" in line:
-            k, _, v = line.partition(":")
-            headers.append((k.strip(), v.strip()))
-    return code, headers
+    """The last non-1xx header block of a ``curl -D`` dump: ``(0, [])`` when there is none."""
+    final = last_final_head(raw)
+    return (final.status, list(final.headers)) if final is not None else (0, [])
 
 
 def run_curl(*args: str, input: bytes | None = None, timeout: float = 30, tmp: Path | None = None) -> CurlResult:
@@ -301,7 +275,7 @@ def run_curl(*args: str, input: bytes | None = None, timeout: float = 30, tmp: P
         dump = Path(d) / "headers"
         command = [CURL, "-sS", "-D", str(dump), *args]
         try:
-            done = subprocess.run(command, input=input, capture_output=True, timeout=timeout)
+            done = subprocess.run(command, input=input, capture_output=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"curl did not finish within {timeout}s: {command}") from None
         raw = dump.read_bytes() if dump.exists() else b""
@@ -312,105 +286,16 @@ def run_curl(*args: str, input: bytes | None = None, timeout: float = 30, tmp: P
 # -- raw sockets ---------------------------------------------------------------------------
 
 
-@dataclass
-class RawResponse:
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-
-    def header(self, name: str) -> str | None:
-        values = [v for k, v in self.headers if k.lower() == name.lower()]
-        return values[0] if values else None
+RawResponse = Response
 
 
-class RawConnection:
-    """One TCP connection to the daemon, speaking HTTP/1.1 by hand."""
+class RawConnection(Connection):
+    """One TCP connection to the daemon, speaking HTTP/1.1 by hand (tests/support/httpwire.py)."""
 
     def __init__(self, daemon, timeout: float = 10):
-        self.sock = socket.create_connection((daemon.host, daemon.port), timeout=timeout)
-        self.buffer = b""
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> RawConnection:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _more(self) -> bytes:
-        data = self.sock.recv(65536)
-        if not data:
-            raise ConnectionError(f"connection closed; unparsed: {self.buffer[:200]!r}")
-        self.buffer += data
-        return data
-
-    def _line(self) -> bytes:
-        while b"\r\n" not in self.buffer:
-            self._more()
-        line, self.buffer = self.buffer.split(b"\r\n", 1)
-        return line
-
-    def _exact(self, count: int) -> bytes:
-        while len(self.buffer) < count:
-            self._more()
-        data, self.buffer = self.buffer[:count], self.buffer[count:]
-        return data
-
-    def read_response(self, head: bool = False) -> RawResponse:
-        while True:
-            status_line = self._line()
-            code = int(status_line.split()[1])
-            headers = []
-            while line := self._line():
-                k, _, v = line.decode("latin-1").partition(":")
-                headers.append((k.strip(), v.strip()))
-            if not 100 <= code < 200:
-                break
-        response = RawResponse(code, headers)
-        if head or code in (204, 304):
-            return response
-        if (response.header("Transfer-Encoding") or "").lower() == "chunked":
-            body = b""
-            while True:
-                size = int(self._line().split(b";")[0], 16)
-                if size == 0:
-                    while self._line():
-                        pass
-                    break
-                body += self._exact(size)
-                self._line()
-            response.body = body
-        elif response.header("Content-Length") is not None:
-            response.body = self._exact(int(response.header("Content-Length")))
-        else:
-            try:
-                while self._more():
-                    pass
-            except ConnectionError:
-                pass
-            response.body, self.buffer = self.buffer, b""
-        return response
-
-    def request(self, data: bytes) -> RawResponse:
-        self.send(data)
-        return self.read_response()
-
-    def is_closed(self, timeout: float = 5) -> bool:
-        """True if the server closes the connection (EOF or reset) within ``timeout``."""
-        self.sock.settimeout(timeout)
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-        except socket.timeout:
-            return False
+        super().__init__(daemon.host, daemon.port, timeout)
 
 
-def raw_request(daemon, data: bytes, timeout: float = 10) -> RawResponse:
+def raw_request(daemon, data: bytes, timeout: float = 10) -> Response:
     with RawConnection(daemon, timeout) as conn:
         return conn.request(data)

@@ -15,8 +15,11 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+
+from tests.support.httpwire import LAST_CHUNK, Connection, chunk, request
 
 from ._helpers import LIVE, fetch, wait_for
 
@@ -215,29 +218,14 @@ class CurlSSE(EventLog):
 def open_spectator(daemon, name: str, query: str = "progress", accept: str = "text/event-stream",
                    rcvbuf: int | None = None, timeout: float = 10) -> tuple[socket.socket, int, dict[str, str]]:
     """Open a ``?progress`` request on a raw socket; read only the status line and headers."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(timeout)
-    sock.connect((daemon.host, daemon.port))
-    sock.sendall(
-        f"GET {PREFIX}{name}?{query} HTTP/1.1\r\nHost: {daemon.host}:{daemon.port}\r\n"
-        f"Accept: {accept}\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        byte = sock.recv(1)  # one byte at a time: leave the body unread
-        if not byte:
-            raise ConnectionError(f"closed before the headers: {head!r}")
-        head += byte
-    lines = head.decode("latin-1").split("\r\n")
-    code = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-    return sock, code, headers
+    conn = Connection(daemon.host, daemon.port, timeout, rcvbuf=rcvbuf)
+    try:
+        conn.send(request("GET", f"{PREFIX}{name}?{query}", {"Accept": accept}, host=f"{daemon.host}:{daemon.port}"))
+        head = conn.read_head(most=1)  # one byte at a time: leave the body unread
+    except BaseException:
+        conn.close()
+        raise
+    return conn.sock, head.status, {k.lower(): v for k, v in head.headers}
 
 
 def stream_head(daemon, name: str, query: str = "progress", headers: dict[str, str] | None = None,
@@ -307,13 +295,12 @@ class PacedSender:
 
     def _run(self) -> None:
         try:
-            head = [f"PUT {PREFIX}{self.name}{'?' + self.query if self.query else ''} HTTP/1.1",
-                    f"Host: {self.daemon.host}:{self.daemon.port}", "Content-Type: application/octet-stream",
-                    "Connection: close"]
-            head.append(f"Content-Length: {self.total}" if self.sized else "Transfer-Encoding: chunked")
+            headers = [("Content-Type", "application/octet-stream"), ("Connection", "close"),
+                       ("Content-Length", str(self.total)) if self.sized else ("Transfer-Encoding", "chunked")]
             if self.pipe_size is not None:
-                head.append(f"X-Pipe-Size: {self.pipe_size}")
-            self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+                headers.append(("X-Pipe-Size", str(self.pipe_size)))
+            target = f"{PREFIX}{self.name}{'?' + self.query if self.query else ''}"
+            self.sock.sendall(request("PUT", target, headers, host=f"{self.daemon.host}:{self.daemon.port}"))
             if self.wait_streaming:
                 wait_for(lambda: self.killed.is_set() or _state(self.daemon, self.name) == "streaming",
                          60, f"{self.name} to stream", 0.02)
@@ -325,14 +312,14 @@ class PacedSender:
                 size = min(self.step, self.total - self.sent)
                 block = self.rng.randbytes(size)
                 self.sha.update(block)
-                frame = block if self.sized else b"%x\r\n%s\r\n" % (size, block)
+                frame = block if self.sized else chunk(block)
                 self.sock.sendall(frame)
                 self.sent += size
                 pause = start + (i + 1) * self.duration / steps - time.monotonic()
                 if pause > 0 and i + 1 < steps:
                     self.killed.wait(pause)
             if not self.sized:
-                self.sock.sendall(b"0\r\n\r\n")
+                self.sock.sendall(LAST_CHUNK)
             answer = http.client.HTTPResponse(self.sock)
             answer.begin()
             self.status = answer.status
