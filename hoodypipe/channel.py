@@ -4,22 +4,52 @@ What cannot live on a request lives here: the chunked decoder of the upload
 path, a gentle close for uploads answered before their body ended, a
 deadline for slow headers, a cap on connections per client address, and
 letting go of what dead connections never sent.
+
+``PipeChannel`` is the parties' ``connection.Connection``, and this is the
+only module that touches Twisted's private names: each one is listed in
+``TWISTED_PRIVATES``, and ``tests/test_twisted_privates.py`` fails, naming
+it, when a Twisted upgrade moves one.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.web import http, server
 
-from hoodypipe.chunked import ChunkedDecoder
-from hoodypipe.hangup import hangup_watch
-from hoodypipe.upload import PipeRequest
+from hoodypipe.chunked import ChunkedDecoder, MalformedChunks
+from hoodypipe.errors import HTTPError
+from hoodypipe.hangup import hangup_watch, socket_fileno
+from hoodypipe.proxy import normal_address
+from hoodypipe.refusal import raw_refusal
+from hoodypipe.request import PipeRequest
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+    from twisted.python.failure import Failure
+    from twisted.web.resource import IResource
+
     from hoodypipe.pipes import Registry
+
+# The private names of Twisted this module relies on, by where they live.
+TWISTED_PRIVATES: dict[str, tuple[str, ...]] = {
+    # The request line, kept on the channel until the body has arrived.
+    "twisted.web.http.HTTPChannel instance": ("_command", "_path", "_version"),
+    # Where the body's transfer decoder is chosen and kept.
+    "twisted.web.http.HTTPChannel": (
+        "_maybeChooseTransferDecoder",
+        "_transferDecoder",
+        "_respondToBadRequestAndDisconnect",
+        "_networkProducer",
+        "_log",
+    ),
+    "twisted.web.http": ("_ChunkedTransferDecoder", "_MalformedChunkedDataError"),
+    # A closed transport's unsent buffers.
+    "twisted.internet.abstract.FileDescriptor": ("_tempDataBuffer", "_tempDataLen"),
+}
 
 # How long a connection closed mid-upload keeps reading (and dropping) what
 # the client still sends, so that its last status line is not lost to a
@@ -38,67 +68,160 @@ class PipeSite(server.Site):
 
     def __init__(
         self,
-        resource,
+        resource: IResource,
         registry: Registry,
         clock: IReactorTime,
         max_per_address: int = 256,
         trusted_proxies: frozenset[str] = frozenset(),
-        **kwargs,
-    ):
-        kwargs.setdefault("requestFactory", PipeRequest)
-        kwargs.setdefault("reactor", clock)
-        super().__init__(resource, **kwargs)
+    ) -> None:
+        # A form-typed POST would otherwise be parsed into memory.
+        super().__init__(resource, requestFactory=PipeRequest, reactor=clock, parsePOSTFormSubmission=False)
         self.registry = registry
         self.clock = clock
         self.channels: set[PipeChannel] = set()
         self.max_per_address = max_per_address
         # Reverse proxies whose X-Forwarded-For/-Proto name the real client;
         # they carry many clients, so the connection cap does not apply to them.
-        self.trusted_proxies = trusted_proxies
+        self.trusted_proxies = frozenset(a for a in map(normal_address, trusted_proxies) if a)
         self.by_address: dict[str, int] = {}
         self.hangups = hangup_watch(clock)
-        self.protocol = PipeChannel  # type: ignore[assignment]
-        # A form-typed POST would otherwise be parsed into memory.
-        self._parsePOSTFormSubmission = False
+        self.protocol = PipeChannel
+        # Shutting down: connections close as soon as they are between requests.
+        self.closing = False
+        self._closed: list[Deferred[None]] = []
 
-    def getResourceFor(self, request):
+    def getResourceFor(self, request: server.Request) -> IResource:
         # twisted.web would hand Klein percent-decoded path segments, which
         # Klein then decodes as UTF-8 (a 400 with a traceback for "%FF").
         # The app classifies the raw target itself (names.parse_target), so
         # Klein gets the path still quoted, ASCII only.
-        request.postpath = _ASCII_UNSAFE.sub(lambda m: b"%%%02X" % m.group()[0], request.path[1:]).split(b"/")
-        return super().getResourceFor(request)
+        path: bytes = request.path
+        request.postpath = _ASCII_UNSAFE.sub(lambda m: b"%%%02X" % m.group()[0], path[1:]).split(b"/")
+        resource: IResource = super().getResourceFor(request)
+        return resource
 
-    def close_idle(self) -> int:
-        """Close connections between requests; return how many are still open."""
+    def close_when_idle(self) -> int:
+        """Close every connection once it is between requests; return how many are open."""
+        self.closing = True
         for channel in list(self.channels):
-            if not channel.requests and not channel.transport.disconnecting:
-                channel.loseConnection()
+            channel.close_if_idle()
         return len(self.channels)
+
+    def when_closed(self) -> Deferred[None]:
+        """Fires once no connection is open."""
+        waiting: Deferred[None] = Deferred()
+        if self.channels:
+            self._closed.append(waiting)
+        else:
+            waiting.callback(None)
+        return waiting
+
+    def channel_gone(self, channel: PipeChannel) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiting, self._closed = self._closed, []
+            for each in waiting:
+                each.callback(None)
+
+
+class _Decoder(ChunkedDecoder):
+    """Our decoder, failing the way HTTPChannel expects of its own."""
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            super().dataReceived(data)
+        except MalformedChunks as error:
+            raise http._MalformedChunkedDataError(str(error)) from error
 
 
 class PipeChannel(http.HTTPChannel):
-    """HTTPChannel that tolerates an upload answered before its body ended."""
+    """HTTPChannel that tolerates an upload answered before its body ended,
+    and the ``connection.Connection`` of the parties on it."""
 
-    _linger = None
-    _header_deadline = None
+    site: PipeSite
+    _linger: IDelayedCall | None = None
+    _header_deadline: IDelayedCall | None = None
     _address: str | None = None
+    _saved_timeout: float | None = None
+    _idle_suspended = False
+
+    # -- connection.Connection ----------------------------------------------------
+
+    def request_line(self) -> tuple[bytes, bytes, bytes]:
+        return self._command, self._path, self._version
+
+    def send_continue(self) -> None:
+        self._transport().write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def suspend_idle_timeout(self) -> None:
+        if not self._idle_suspended:
+            self._idle_suspended = True
+            self._saved_timeout = self.setTimeout(None)
+
+    def restore_idle_timeout(self) -> None:
+        if self._idle_suspended:
+            self._idle_suspended = False
+            self.setTimeout(self._saved_timeout)
+
+    def pause_reading(self) -> None:
+        self._transport().pauseProducing()
+
+    def resume_reading(self) -> None:
+        self._transport().resumeProducing()
+
+    def read_in(self, step: int) -> None:
+        cast(Any, self._transport()).bufferSize = step
+
+    def write_in(self, step: int) -> None:
+        transport = cast(Any, self._transport())
+        transport.bufferSize = step
+        # Twisted sends at most 128 KiB per write call, one call per reactor
+        # turn: let a whole buffer go to the kernel at once.
+        transport.SEND_LIMIT = max(step, getattr(transport, "SEND_LIMIT", 0))
+
+    def write_raw(self, data: bytes) -> None:
+        self._transport().write(data)
+
+    def fileno(self) -> int | None:
+        return socket_fileno(self.transport)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            cast(Any, self.transport).abortConnection()
+
+    def linger_and_close(self) -> None:
+        """Close our side, drop whatever the client still sends, then go."""
+        self.persistent = False
+        if self._linger is not None or self.transport is None:
+            return
+        self._linger = self.site.clock.callLater(LINGER_SECONDS, self.abort)
+        self._networkProducer.unregisterProducer()
+        transport = cast(Any, self.transport)
+        transport.resumeProducing()
+        lose_write = getattr(transport, "loseWriteConnection", None)
+        (lose_write or transport.loseConnection)()
+
+    def close_after_response(self) -> None:
+        self.persistent = False
+
+    def _transport(self) -> ITransport:
+        assert self.transport is not None
+        return cast(ITransport, self.transport)
+
+    # -- HTTPChannel -----------------------------------------------------------------
 
     def connectionMade(self) -> None:
         super().connectionMade()
         site = self.site
         site.channels.add(self)
-        self._address = getattr(self.transport.getPeer(), "host", None)
+        peer = getattr(self._transport().getPeer(), "host", None)
+        self._address = normal_address(peer) if peer else None
         if self._address is not None and self._address not in site.trusted_proxies:
             count = site.by_address[self._address] = site.by_address.get(self._address, 0) + 1
             if count > site.max_per_address:
-                body = b"[ERROR] Too many connections from your address.\n"
-                site.registry.rejections[429] += 1
-                self.transport.write(
-                    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                    b"Retry-After: 5\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-                )
-                self.transport.loseConnection()
+                refusal = HTTPError(429, "Too many connections from your address.", {b"Retry-After": b"5"})
+                self.write_raw(raw_refusal(refusal, site.registry.rejections))
+                self._transport().loseConnection()
                 self.dataReceived = lambda data: None  # type: ignore[method-assign]
                 return
         self._start_header_deadline()
@@ -114,17 +237,22 @@ class PipeChannel(http.HTTPChannel):
     def _headers_too_slow(self) -> None:
         self._header_deadline = None
         self._log.info("Headers too slow from {peer}; closing", peer=self._address)
-        if self.transport is not None:
-            self.transport.abortConnection()
+        self.abort()
 
     def allHeadersReceived(self) -> None:
         self._stop_header_deadline()
         super().allHeadersReceived()
 
-    def requestDone(self, request) -> None:
+    def requestDone(self, request: http.Request) -> None:
         super().requestDone(request)
-        if self.persistent and self.transport is not None and not self.transport.disconnecting:
+        if self.site.closing:
+            self.close_if_idle()
+        elif self.persistent and self.transport is not None and not self.transport.disconnecting:
             self._start_header_deadline()
+
+    def close_if_idle(self) -> None:
+        if not self.requests and self.transport is not None and not self.transport.disconnecting:
+            self.loseConnection()
 
     def allContentReceived(self) -> None:
         if not self.requests:
@@ -139,54 +267,30 @@ class PipeChannel(http.HTTPChannel):
         super().dataReceived(data)
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
-        ok = super()._maybeChooseTransferDecoder(header, data)
+        ok: bool = super()._maybeChooseTransferDecoder(header, data)
         decoder = self._transferDecoder
         if ok and isinstance(decoder, http._ChunkedTransferDecoder):
-            self._transferDecoder = ChunkedDecoder(decoder.dataCallback, decoder.finishCallback)
+            self._transferDecoder = _Decoder(decoder.dataCallback, decoder.finishCallback)
         return ok
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         request = self.requests[-1] if self.requests else None
-        upload = getattr(request, "upload", None)
-        if upload is not None and (upload.refused or upload.closed):
-            # Already answered (a refusal): one answer per request.
-            self.transport.loseConnection()
-            return
-        if upload is not None and (upload.answered or upload.pipe is not None):
-            # Bad chunked framing mid-stream: a bare "400" would land in the
-            # middle of the sender's status lines.
-            upload.malformed()
-            return
-        body = b"[ERROR] Bad request.\n"
-        self.transport.write(
-            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-        )
+        if isinstance(request, PipeRequest) and request.bad_framing():
+            return  # the sender answered it, in its own response
+        self.write_raw(raw_refusal(HTTPError(400, "Bad request."), self.site.registry.rejections))
         self.loseConnection()
-
-    def lingerAndClose(self, clock: IReactorTime) -> None:
-        """Close our side, drop whatever the client still sends, then go."""
-        self.persistent = False
-        if self._linger is not None or self.transport is None:
-            return
-        self._linger = clock.callLater(LINGER_SECONDS, self.transport.abortConnection)
-        self._networkProducer.unregisterProducer()
-        self.transport.resumeProducing()
-        loseWrite = getattr(self.transport, "loseWriteConnection", None)
-        (loseWrite or self.transport.loseConnection)()
 
     def loseConnection(self) -> None:
         if self._linger is not None:
             return  # already closing, gently
         super().loseConnection()
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure) -> None:
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._stop_header_deadline()
         _drop_unsent(self.transport)
         site = self.site
-        site.channels.discard(self)
         if self._address is not None and self._address in site.by_address:
             left = site.by_address.get(self._address, 1) - 1
             if left > 0:
@@ -194,6 +298,7 @@ class PipeChannel(http.HTTPChannel):
             else:
                 site.by_address.pop(self._address, None)
         super().connectionLost(reason)
+        site.channel_gone(self)
 
 
 def _drop_unsent(transport: object) -> None:
@@ -204,6 +309,7 @@ def _drop_unsent(transport: object) -> None:
     daemon rarely runs: a stalled receiver's megabyte would stay in memory.
     """
     if hasattr(transport, "_tempDataBuffer"):
-        transport.dataBuffer = b""  # type: ignore[attr-defined]
-        transport._tempDataBuffer = []  # type: ignore[attr-defined]
-        transport._tempDataLen = 0  # type: ignore[attr-defined]
+        held = cast(Any, transport)
+        held.dataBuffer = b""
+        held._tempDataBuffer = []
+        held._tempDataLen = 0

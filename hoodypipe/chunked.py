@@ -5,23 +5,25 @@ front, so a 1 MiB socket read holding sixteen 64 KiB chunks from curl is
 moved in memory sixteen times. This one walks each read with offsets and
 calls ``dataCallback`` once per read with a list of memoryviews over it:
 the payload of every chunk in the read, not yet copied (the relay joins it
-once, with its framing; see ``relay.Frame``). Framing errors raise twisted.web's own
-``_MalformedChunkedDataError``, which HTTPChannel turns into
-``_respondToBadRequestAndDisconnect`` (see ``channel.PipeChannel``).
+once, with its framing; see ``relay.Frame``). Framing errors raise
+``MalformedChunks``; ``channel.PipeChannel`` hands them to twisted.web as its
+own malformed-body error.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable
-
-from twisted.web.http import _MalformedChunkedDataError
+from collections.abc import Callable
 
 MAX_SIZE_LINE = 1024  # a chunk-size line with extensions
 MAX_TRAILERS = 16 * 1024
 _HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
 
 _SIZE, _BODY, _CRLF, _TRAILER, _DONE = range(5)
+
+
+class MalformedChunks(ValueError):
+    """The chunked framing is broken: the body cannot be trusted past here."""
 
 
 class ChunkedDecoder:
@@ -59,19 +61,19 @@ class ChunkedDecoder:
                         self._tail = data[pos:]
                         return
                     if data[pos : pos + 2] != b"\r\n":
-                        raise _MalformedChunkedDataError("chunk data not followed by CRLF")
+                        raise MalformedChunks("chunk data not followed by CRLF")
                     pos += 2
                     self._state = _SIZE
                 elif state == _SIZE:
                     eol = data.find(b"\r\n", pos, pos + MAX_SIZE_LINE + 2)
                     if eol < 0:
                         if end - pos > MAX_SIZE_LINE:
-                            raise _MalformedChunkedDataError("chunk-size line too long")
+                            raise MalformedChunks("chunk-size line too long")
                         self._tail = data[pos:]
                         return
                     size = data[pos:eol].split(b";", 1)[0].rstrip(b" \t")
                     if not _HEX.fullmatch(size):
-                        raise _MalformedChunkedDataError("bad chunk size")
+                        raise MalformedChunks("bad chunk size")
                     pos = eol + 2
                     self._left = int(size, 16)
                     self._state = _BODY if self._left else _TRAILER
@@ -79,7 +81,7 @@ class ChunkedDecoder:
                     eol = data.find(b"\r\n", pos)
                     if eol < 0:
                         if self._trailers + end - pos > MAX_TRAILERS:
-                            raise _MalformedChunkedDataError("trailers too long")
+                            raise MalformedChunks("trailers too long")
                         self._tail = data[pos:]
                         return
                     if eol == pos:
@@ -90,7 +92,7 @@ class ChunkedDecoder:
                         return
                     self._trailers += eol + 2 - pos
                     if self._trailers > MAX_TRAILERS:
-                        raise _MalformedChunkedDataError("trailers too long")
+                        raise MalformedChunks("trailers too long")
                     pos = eol + 2
         finally:
             # Whatever payload this read held goes on, even before an error.

@@ -2,44 +2,43 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
-from twisted.web.iweb import IRequest
 
-from hoodypipe.errors import HTTPError
-from hoodypipe.headers import SenderHeaders
-from hoodypipe.relay import Frame
+from hoodypipe.refusal import refuse
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IPushProducer
+    from twisted.web.server import Request
+
+    from hoodypipe.connection import Connection
+    from hoodypipe.errors import HTTPError
+    from hoodypipe.frame import Frame
+    from hoodypipe.headers import SenderHeaders
+    from hoodypipe.names import PartyQuery
     from hoodypipe.pipes import Pipe
+    from hoodypipe.refusal import Rejections
 
 
 class Download:
-    """A receiver (see ``pipes.ReceiverParty``).
+    """A receiver (see ``parties.ReceiverParty``).
 
     ``done`` fires when the response is over; Klein cancels it when the
     client goes away first, and the canceller tells the pipe.
     """
 
-    def __init__(
-        self,
-        request: IRequest,
-        n: int,
-        wait: float,
-        download: bool | None = None,
-        filename: str | None = None,
-        last_segment: str = "",
-    ) -> None:
+    def __init__(self, request: Request, party: PartyQuery, rejections: Rejections, last_segment: str = "") -> None:
         self.request = request
-        self.n = n
-        self.wait = wait
-        self.download = download
-        self.filename = filename
+        self.connection = cast("Connection", request.channel)
+        self.n = party.n
+        self.wait = party.wait
+        self.download = party.download
+        self.filename = party.filename
         self.last_segment = last_segment
+        self.rejections = rejections
         self.pipe: Pipe | None = None
-        self.address = getattr(request.getClientAddress(), "host", None)
+        self.address: str | None = getattr(request.getClientAddress(), "host", None)
         self.gone = False
         self.done: Deferred[None] = Deferred(self._client_left)
 
@@ -60,19 +59,14 @@ class Download:
             request.responseHeaders.addRawHeader(name, value)
         # Send the status line and headers now, not with the first byte.
         request.write(b"")
-        self.transport = request.channel.transport
 
     def write(self, frame: Frame) -> None:
-        # Straight to the transport: the framing is done once per read for
-        # every receiver (see relay.Frame), not by Request.write for each.
-        self.transport.write(frame.chunked() if self.request.chunked else frame.plain())
+        # Straight to the socket: the framing is done once per read for
+        # every receiver (see frame.Frame), not by Request.write for each.
+        self.connection.write_raw(frame.chunked() if self.request.chunked else frame.plain())
 
     def watch_flow(self, producer: IPushProducer, step: int) -> None:
-        transport = self.transport
-        transport.bufferSize = step
-        # Twisted sends at most 128 KiB per write call, one call per reactor
-        # turn: let a whole buffer go to the kernel at once.
-        transport.SEND_LIMIT = max(step, getattr(transport, "SEND_LIMIT", 0))
+        self.connection.write_in(step)
         self.request.registerProducer(producer, True)
 
     def finish(self) -> None:
@@ -90,17 +84,11 @@ class Download:
         self.gone = True
         if self.request.producer is not None:
             self.request.unregisterProducer()
-        self.request.channel.transport.abortConnection()
+        self.connection.abort()
 
     def refuse(self, error: HTTPError) -> None:
         if self.gone:
             return
-        request = self.request
-        request.setResponseCode(error.code)
-        for name, value in error.headers.items():
-            request.setHeader(name, value)
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        request.setHeader(b"Access-Control-Allow-Origin", b"*")
-        request.write(error.line)
-        request.finish()
+        self.request.write(refuse(self.request, error, self.rejections))
+        self.request.finish()
         self._over()

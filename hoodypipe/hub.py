@@ -36,7 +36,9 @@ from hoodypipe.progress import Final, Meter, progress_event, snapshot, state_eve
 if TYPE_CHECKING:
     from twisted.web.iweb import IRequest
 
-    from hoodypipe.pipes import Pipe, Registry
+    from collections.abc import Callable
+
+    from hoodypipe.pipes import Pipe
 
 log = Logger()
 
@@ -143,9 +145,12 @@ def parse_last_event_id(value: bytes | None) -> int | None:
 class Hub:
     """Feeds ``?progress`` streams and answers ``?status`` for every name."""
 
-    def __init__(self, clock: IReactorTime, registry: Registry, limits: HubLimits | None = None) -> None:
+    def __init__(
+        self, clock: IReactorTime, lookup: Callable[[str], Pipe | None], limits: HubLimits | None = None
+    ) -> None:
         self.clock = clock
-        self.registry = registry
+        # The live pipe of a name (Registry.pipes.get): the hub only reads it.
+        self._lookup = lookup
         self.limits = limits or HubLimits()
         self.watches: dict[str, Watch] = {}
         self.meters: dict[Pipe, Meter] = {}
@@ -156,7 +161,6 @@ class Hub:
         self.ticks = 0
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
-        registry.observer = self
 
     def start(self) -> None:
         self._loop.start(self.limits.interval, now=False)
@@ -165,10 +169,14 @@ class Hub:
         if self._loop.running:
             self._loop.stop()
 
+    @property
+    def running(self) -> bool:
+        return bool(self._loop.running)
+
     # -- what a name looks like now -------------------------------------------------
 
     def live(self, name: str) -> Pipe | None:
-        return self.registry.pipes.get(name)
+        return self._lookup(name)
 
     def final(self, name: str) -> Final | None:
         record = self.finals.get(name)

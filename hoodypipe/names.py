@@ -59,6 +59,13 @@ class Query:
             return False
         raise HTTPError(400, f"Invalid value for '{key}': use true or false.")
 
+    def lenient_flag(self, key: str) -> bool | None:
+        """A flag that is on for any value but false/no/0; None when absent."""
+        value = self.get(key)
+        if value is None:
+            return None
+        return value.strip().lower() not in FALSE_WORDS
+
     def integer(self, key: str, low: int, high: int, default: int) -> int:
         value = self.get(key)
         if value is None:
@@ -66,6 +73,42 @@ class Query:
         if not re.fullmatch(r"[0-9]{1,10}", value) or not low <= int(value) <= high:
             raise HTTPError(400, f"Invalid '{key}': must be a whole number from {low} to {high}.")
         return int(value)
+
+    def seconds(self, key: str, low: float, high: float, default: float) -> float:
+        """A duration in seconds, fractions allowed (``2.5``), from ``low`` to ``high``."""
+        value = self.get(key)
+        if value is None:
+            return default
+        if not _SECONDS.fullmatch(value) or not low <= float(value) <= high:
+            raise HTTPError(400, f"Invalid '{key}': must be a number of seconds from {low:g} to {high:g}.")
+        return float(value)
+
+
+_SECONDS = re.compile(r"[0-9]{1,7}(\.[0-9]{1,6})?")
+
+# ?wait= on a sender or receiver.
+MIN_WAIT = 1.0
+MAX_WAIT = 3600.0
+
+
+@dataclass(frozen=True)
+class PartyQuery:
+    """What a sender's or receiver's query asks for, parsed once for both."""
+
+    n: int
+    wait: float
+    # Receivers only: ``?download`` (None when absent) and ``?filename``.
+    download: bool | None = None
+    filename: str | None = None
+
+    @classmethod
+    def parse(cls, query: Query, max_receivers: int, default_wait: float) -> PartyQuery:
+        return cls(
+            n=query.integer("n", 1, max_receivers, 1),
+            wait=query.seconds("wait", MIN_WAIT, MAX_WAIT, default_wait),
+            download=query.lenient_flag("download"),
+            filename=query.get("filename"),
+        )
 
 
 @dataclass(frozen=True)

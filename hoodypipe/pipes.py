@@ -1,7 +1,7 @@
 """One transfer's lifecycle (Pipe) and the daemon's table of them (Registry).
 
 No I/O here: the parties are small objects the web layer hands in (see
-``SenderParty`` and ``ReceiverParty``), and time comes from an injected
+``parties.SenderParty`` and ``parties.ReceiverParty``), and time comes from an injected
 ``IReactorTime``. Every transition goes through ``Pipe._enter`` so the
 lifecycle can be read off ``TRANSITIONS``.
 """
@@ -11,16 +11,25 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 
 from hoodypipe.errors import HTTPError
-from hoodypipe.headers import SenderHeaders
-from hoodypipe.relay import Frame, Relay, step_for
+from hoodypipe.parties import Party, ReceiverParty, SenderParty
+from hoodypipe.refusal import Rejections
+from hoodypipe.relay import Relay, step_for
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from hoodypipe.frame import Payload
 
 log = Logger()
+
+P = TypeVar("P", SenderParty, ReceiverParty)
 
 
 class State(str, enum.Enum):
@@ -50,48 +59,6 @@ class Reason:
     IDLE = "Idle timeout"
     MALFORMED = "Malformed upload"
     SHUTDOWN = "Server is shutting down"
-
-
-class SenderParty(Protocol):
-    """The upload side, as the pipe drives it."""
-
-    n: int
-    wait: float
-    headers: SenderHeaders
-
-    def say(self, text: str) -> None:
-        """Write one ``[INFO] text`` line to the sender."""
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
-
-    def read_in(self, step: int) -> None:
-        """Read the sender's socket ``step`` bytes at a time."""
-
-    def end(self, error: str | None) -> None:
-        """Close the sender's response: success, or an ``[ERROR] error.`` line."""
-
-
-class ReceiverParty(Protocol):
-    """One download, as the pipe drives it."""
-
-    n: int
-    wait: float
-
-    def begin(self, headers: SenderHeaders) -> None: ...
-
-    def write(self, frame: Frame) -> None: ...
-
-    def finish(self) -> None: ...
-
-    def abort(self) -> None:
-        """Break the connection so the client cannot mistake it for a complete download."""
-
-    def refuse(self, error: HTTPError) -> None: ...
-
-    def watch_flow(self, producer: IPushProducer, step: int) -> None:
-        """Register ``producer`` to be paused while more than ``step`` bytes wait to be sent."""
 
 
 class PipeObserver(Protocol):
@@ -143,9 +110,9 @@ class Pipe:
         self.total_bytes: int | None = None
         # Bytes read before the start: reading is paused from the end of the
         # sender's headers, so this is at most what one socket read brought.
-        self._early: list = []
+        self._early: list[Payload] = []
         self._upload_done = False
-        self._timers: dict[object, IDelayedCall] = {}
+        self._timers: dict[Party, IDelayedCall] = {}
         self._idle_check: IDelayedCall | None = None
         self._idle_mark = 0
         self._idle_since = 0.0
@@ -171,7 +138,7 @@ class Pipe:
 
     # -- arrivals --------------------------------------------------------------
 
-    def _check_join(self, party: object, n: int) -> None:
+    def _check_join(self, party: Party, n: int) -> None:
         if self.state is not State.WAITING:
             raise HTTPError(400, f"The pipe '{self.name}' is already streaming.")
         if n != self.n:
@@ -215,12 +182,12 @@ class Pipe:
         self.registry.observer.changed(self)
         self._maybe_start()
 
-    def _wait(self, party: object, seconds: float, expire) -> None:
+    def _wait(self, party: Party, seconds: float, expire: Callable[..., object]) -> None:
         """A party waits for its peers: its timer runs and its address holds a slot."""
         self._timers[party] = self.clock.callLater(seconds, expire, party)
         self.registry.hold(party)
 
-    def _unwait(self, party: object) -> None:
+    def _unwait(self, party: Party) -> None:
         timer = self._timers.pop(party, None)
         if timer is None:
             return
@@ -239,6 +206,8 @@ class Pipe:
         self.receivers.remove(receiver)
         missing = "sender" if self.sender is None else "receivers"
         receiver.refuse(HTTPError(408, f"Timed out waiting for {missing}."))
+        if self.sender is not None:
+            self.sender.say("A receiver disconnected.")  # and it waits on for another
         self._after_waiting_party_left(timed_out=True)
 
     def _after_waiting_party_left(self, timed_out: bool = False) -> None:
@@ -272,7 +241,7 @@ class Pipe:
         if self._upload_done:
             self._finish_upload()
 
-    def data(self, data: bytes | list) -> None:
+    def data(self, data: Payload) -> None:
         """What one socket read brought of the sender's body: the hot path."""
         if self.relay is not None:
             self.relay.write(data)
@@ -422,9 +391,10 @@ class Registry:
         self.waiting = 0
         self.streaming = 0
         self.shutting_down = False
+        self._idle: list[Deferred[None]] = []
         # Read by the metrics at scrape time.
         self.outcomes: Counter[str] = Counter()
-        self.rejections: Counter[int] = Counter()
+        self.rejections = Rejections()
         self.bytes_relayed = 0
         # Waiting parties by client address, so one client cannot hold
         # every pending slot.
@@ -446,7 +416,7 @@ class Registry:
     def add_receiver(self, name: str, receiver: ReceiverParty) -> Pipe:
         return self._join(name, receiver, Pipe.add_receiver)
 
-    def _join(self, name: str, party, add) -> Pipe:
+    def _join(self, name: str, party: P, add: Callable[[Pipe, P], None]) -> Pipe:
         pipe = self._pipe_for(name, party.n)
         try:
             add(pipe, party)
@@ -459,18 +429,18 @@ class Registry:
             pipe._enter(State.IDLE)
             self.forget(pipe)
 
-    def check_address(self, party: object) -> None:
-        address = getattr(party, "address", None)
+    def check_address(self, party: Party) -> None:
+        address = party.address
         if address is not None and self.waiting_by_address[address] >= self.limits.max_waiting_per_address:
             raise HTTPError(429, "Too many waiting pipes from your address.", RETRY_AFTER)
 
-    def hold(self, party: object) -> None:
-        address = getattr(party, "address", None)
+    def hold(self, party: Party) -> None:
+        address = party.address
         if address is not None:
             self.waiting_by_address[address] += 1
 
-    def release(self, party: object) -> None:
-        address = getattr(party, "address", None)
+    def release(self, party: Party) -> None:
+        address = party.address
         if address is not None:
             self.waiting_by_address[address] -= 1
             if self.waiting_by_address[address] <= 0:
@@ -484,6 +454,15 @@ class Registry:
         new = pipe.state
         self.waiting += (new is State.WAITING) - (old is State.WAITING)
         self.streaming += (new is State.STREAMING) - (old is State.STREAMING)
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no transfer is streaming."""
+        waiting: Deferred[None] = Deferred()
+        if self.streaming:
+            self._idle.append(waiting)
+        else:
+            waiting.callback(None)
+        return waiting
 
     def forget(self, pipe: Pipe) -> None:
         if self.pipes.get(pipe.name) is pipe:
@@ -506,3 +485,9 @@ class Registry:
             reason=pipe.reason,
         )
         self.observer.ended(pipe)
+        # Last: whoever waits for quiet (the drain) hears of it once the
+        # transfer has told everyone how it ended.
+        if not self.streaming and self._idle:
+            waiting, self._idle = self._idle, []
+            for each in waiting:
+                each.callback(None)

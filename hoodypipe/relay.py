@@ -10,11 +10,17 @@ per receiver on top of the transports' own buffers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
-
-from zope.interface import implementer
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+from hoodypipe.frame import Frame
+
+if TYPE_CHECKING:
+    from hoodypipe.frame import Payload
+    from hoodypipe.parties import ReceiverParty, SenderParty
 
 # The step: the size of the sender's socket reads and the high-water mark of
 # each receiver's transport buffer, so a transfer holds about one step plus
@@ -30,39 +36,6 @@ STEP_BUDGET = 64 * 1024 * 1024
 def step_for(streaming: int) -> int:
     """The step of a transfer starting while ``streaming`` transfers stream."""
     return max(MIN_STEP, min(MAX_STEP, STEP_BUDGET // max(1, streaming)))
-
-if TYPE_CHECKING:
-    from hoodypipe.pipes import ReceiverParty, SenderParty
-
-
-class Frame:
-    """One read of the sender's body, as each kind of receiver sends it.
-
-    The decoder hands over the payload of every chunk in one socket read as
-    a list of memoryviews; each form is joined at most once, however many
-    receivers there are, and a receiver's transport then holds that one
-    bytes object (a single item is sent without another copy).
-    """
-
-    __slots__ = ("pieces", "size", "_plain", "_chunked")
-
-    def __init__(self, data: bytes | list) -> None:
-        self.pieces = data if isinstance(data, list) else [data]
-        self.size = sum(len(p) for p in self.pieces)
-        self._plain: bytes | None = None
-        self._chunked: bytes | None = None
-
-    def plain(self) -> bytes:
-        if self._plain is None:
-            pieces = self.pieces
-            self._plain = pieces[0] if len(pieces) == 1 and type(pieces[0]) is bytes else b"".join(pieces)
-        return self._plain
-
-    def chunked(self) -> bytes:
-        """The same bytes with HTTP/1.1 chunked framing around them."""
-        if self._chunked is None:
-            self._chunked = b"".join([b"%x\r\n" % self.size, *self.pieces, b"\r\n"])
-        return self._chunked
 
 
 @implementer(IPushProducer)
@@ -96,7 +69,7 @@ class Relay:
         self._blocked: set[int] = set()
         self._on_flushed: Callable[[], None] | None = None
 
-    def start(self, early: list, step: int = MAX_STEP) -> None:
+    def start(self, early: list[Payload], step: int = MAX_STEP) -> None:
         self.sender.read_in(step)
         for receiver in self.receivers:
             receiver.watch_flow(_ReceiverFlow(self, receiver), step)
@@ -105,7 +78,7 @@ class Relay:
         if not self._blocked:
             self.sender.resume_reading()
 
-    def write(self, data: bytes | list) -> None:
+    def write(self, data: Payload) -> None:
         # The hot path: one call per socket read of the sender's body.
         frame = Frame(data)
         if not frame.size:

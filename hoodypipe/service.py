@@ -1,127 +1,166 @@
-"""The daemon as a Twisted service: listen, tick, and drain on shutdown."""
+"""The daemon as Twisted services: listen, tick, and drain on shutdown.
+
+``PipeService`` is a ``MultiService`` of one ``StreamServerEndpointService``
+per ``--listen`` endpoint and a ``TimerService`` that hands free memory back
+when transfers have ended. Stopping it drains first (see ``drain``), then
+stops its children: the ports keep answering 503 to new pipes until the
+drain is over.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import Service
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from hoodypipe.malloc import give_back, keep_buffers
+from hoodypipe.malloc import give_back
 from hoodypipe.pipes import Reason, State
 
 if TYPE_CHECKING:
-    from hoodypipe.hub import Hub
-    from hoodypipe.pipes import Registry
-    from hoodypipe.channel import PipeSite
+    from collections.abc import Callable
+
+    from twisted.internet.interfaces import IAddress, IListeningPort, IReactorCore, IReactorTime
+    from twisted.internet.protocol import Factory
+    from twisted.python.failure import Failure
+
+    from hoodypipe.tap import Parts
 
 log = Logger()
 
 # After the last transfer ended, how long finished connections get to flush
 # what is still in their buffers before the reactor stops.
 FLUSH_SECONDS = 5.0
-POLL_SECONDS = 0.1
 # How often to check whether transfers ended and nothing streams any more,
 # which is when free memory is handed back.
 TRIM_SECONDS = 5.0
 
 
-def _port_line(address) -> str:
+def port_line(address: IAddress) -> str:
     """One line of the --port-file: "HOST PORT", or "unix PATH" for a unix socket."""
     if hasattr(address, "port"):
-        return f"{address.host} {address.port}\n"
+        return f"{getattr(address, 'host', '')} {address.port}\n"
     name = getattr(address, "name", None) or b""
     return f"unix {os.fsdecode(name)}\n"
 
 
-class PipeService(Service):
+@implementer(IStreamServerEndpoint)
+class _Announced:
+    """An endpoint that says when it listens, or that it cannot."""
+
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, listening: Callable[[IListeningPort], None], failed: Callable[[Failure], None]
+    ) -> None:
+        self.endpoint = endpoint
+        self.listening = listening
+        self.failed = failed
+
+    def listen(self, factory: Factory) -> defer.Deferred[IListeningPort]:
+        listening: defer.Deferred[IListeningPort] = self.endpoint.listen(factory)
+
+        def told(port: IListeningPort) -> IListeningPort:
+            self.listening(port)
+            return port
+
+        def failed(failure: Failure) -> Failure:
+            self.failed(failure)
+            return failure
+
+        return listening.addCallbacks(told, failed)
+
+
+def within(waiting: defer.Deferred[Any], seconds: float, clock: IReactorTime) -> defer.Deferred[None]:
+    """Fires when ``waiting`` does or ``seconds`` have passed, whichever is first."""
+    over: defer.Deferred[None] = defer.Deferred()
+
+    def fire(_: object = None) -> None:
+        if timer.active():
+            timer.cancel()
+        if not over.called:
+            over.callback(None)
+
+    timer = clock.callLater(seconds, fire)
+    waiting.addBoth(fire)
+    return over
+
+
+class PipeService(MultiService):
     """Listens on every endpoint; on stop, lets transfers finish first."""
 
     def __init__(
         self,
-        reactor,
-        site: PipeSite,
-        registry: Registry,
-        hub: Hub,
+        reactor: Any,
+        parts: Parts,
         endpoints: list[IStreamServerEndpoint],
         drain_timeout: float = 60.0,
         port_file: str | None = None,
     ) -> None:
+        super().__init__()
         self.reactor = reactor
-        self.site = site
-        self.registry = registry
-        self.hub = hub
-        self.endpoints = endpoints
+        self.parts = parts
         self.drain_timeout = drain_timeout
         self.port_file = port_file
         self.ports: list[IListeningPort] = []
-        self._trim = LoopingCall(self._give_back_when_quiet)
+        self._expected = len(endpoints)
         self._ended_at_trim = 0
-        self._trim.clock = reactor
-        self.listening: defer.Deferred[list[IListeningPort]] | None = None
+        for endpoint in endpoints:
+            announced = _Announced(endpoint, self._listening, self._cannot_listen)
+            StreamServerEndpointService(announced, parts.site).setServiceParent(self)
+        trim = TimerService(TRIM_SECONDS, self._give_back_when_quiet)
+        trim.clock = reactor
+        trim.setServiceParent(self)
 
     def startService(self) -> None:
+        self.parts.hub.start()
         super().startService()
-        keep_buffers()
-        self._trim.start(TRIM_SECONDS, now=False)
-        self.hub.start()
-        self.listening = defer.gatherResults([e.listen(self.site) for e in self.endpoints], consumeErrors=True)
-        self.listening.addCallback(self._listening)
-        self.listening.addErrback(self._cannot_listen)
 
-    def _listening(self, ports: list[IListeningPort]) -> list[IListeningPort]:
-        self.ports = ports
-        for port in ports:
-            log.info("hoodypipe listening on {address}", address=port.getHost())
-        if self.port_file:
+    def _listening(self, port: IListeningPort) -> None:
+        self.ports.append(port)
+        log.info("hoodypipe listening on {address}", address=port.getHost())
+        if self.port_file and len(self.ports) == self._expected:
             with open(self.port_file + ".tmp", "w") as f:
-                for port in ports:
-                    f.write(_port_line(port.getHost()))
+                for each in self.ports:
+                    f.write(port_line(each.getHost()))
             os.replace(self.port_file + ".tmp", self.port_file)
-        return ports
+
+    def _cannot_listen(self, failure: Failure) -> None:
+        log.failure("hoodypipe cannot listen", failure)
+        reactor: IReactorCore = self.reactor
+        reactor.callLater(0, reactor.stop)
 
     def _give_back_when_quiet(self) -> None:
-        ended = sum(self.registry.outcomes.values())
-        if not self.registry.streaming and ended != self._ended_at_trim:
+        registry = self.parts.registry
+        ended = sum(registry.outcomes.values())
+        if not registry.streaming and ended != self._ended_at_trim:
             self._ended_at_trim = ended
             give_back()
 
-    def _cannot_listen(self, failure):
-        log.failure("hoodypipe cannot listen", failure)
-        self.reactor.callLater(0, self.reactor.stop)
-        return failure
-
     @defer.inlineCallbacks
-    def stopService(self):
-        super().stopService()
+    def stopService(self) -> Any:
         yield self.drain()
-        self.hub.stop()
-        if self._trim.running:
-            self._trim.stop()
-        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        self.parts.hub.stop()
+        yield super().stopService()
 
     @defer.inlineCallbacks
-    def drain(self):
+    def drain(self) -> Any:
         """Refuse new pipes, end waiting ones, give streaming ones time."""
-        registry = self.registry
+        registry, hub, site = self.parts.registry, self.parts.hub, self.parts.site
         registry.shutting_down = True
         for pipe in list(registry.pipes.values()):
             if pipe.state is State.WAITING:
                 pipe.fail(Reason.SHUTDOWN)
-        deadline = self.reactor.seconds() + self.drain_timeout
         if registry.streaming:
             log.info("draining {count} transfer(s) for up to {seconds}s", count=registry.streaming, seconds=self.drain_timeout)
-        while registry.streaming and self.reactor.seconds() < deadline:
-            yield deferLater(self.reactor, POLL_SECONDS, lambda: None)
+            yield within(registry.when_idle(), self.drain_timeout, self.reactor)
         for pipe in list(registry.pipes.values()):
             pipe.fail(Reason.SHUTDOWN)
         # Let finished connections flush and close before the reactor stops:
         # it would drop what is still in their buffers.
-        self.hub.close_all()
-        deadline = self.reactor.seconds() + FLUSH_SECONDS
-        while self.site.close_idle() and self.reactor.seconds() < deadline:
-            yield deferLater(self.reactor, POLL_SECONDS, lambda: None)
+        hub.close_all()
+        if site.close_when_idle():
+            yield within(site.when_closed(), FLUSH_SECONDS, self.reactor)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from hoodypipe.hub import Hub, HubLimits
-from hoodypipe.pipes import Limits, Registry
-from hoodypipe.service import PipeService
 from hoodypipe.channel import PipeSite
+from hoodypipe.hub import Hub, HubLimits
+from hoodypipe.malloc import keep_buffers
+from hoodypipe.pipes import Limits, Registry
+from hoodypipe.proxy import normal_address
+from hoodypipe.service import PipeService
 from hoodypipe.web import PipeWeb
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
 
 
 def _count(low: int, high: int | None = None):
@@ -90,33 +98,59 @@ class Options(usage.Options):
 
     def opt_trusted_proxy(self, address: str) -> None:
         """A reverse proxy whose X-Forwarded-For/-Proto to believe (repeatable), e.g. 127.0.0.1."""
-        import ipaddress
-
-        try:
-            self["trusted-proxy"].add(str(ipaddress.ip_address(address)))
-        except ValueError:
-            raise usage.UsageError(f"invalid --trusted-proxy {address!r}: not an IP address") from None
+        normal = normal_address(address)
+        if normal is None:
+            raise usage.UsageError(f"invalid --trusted-proxy {address!r}: not an IP address")
+        self["trusted-proxy"].add(normal)
 
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = ["tcp:8080"]
 
 
-def makeService(config: Options, reactor=None) -> PipeService:
+@dataclass(frozen=True)
+class Parts:
+    """One daemon's objects, wired: what makeService serves and the tests drive."""
+
+    registry: Registry
+    hub: Hub
+    web: PipeWeb
+    site: PipeSite
+
+
+def build(
+    clock: IReactorTime,
+    limits: Limits | None = None,
+    hub_limits: HubLimits | None = None,
+    max_per_address: int = 256,
+    trusted_proxies: frozenset[str] = frozenset(),
+) -> Parts:
+    """Registry, hub, Klein app and site, wired the one way they are."""
+    registry: Registry
+    hub = Hub(clock, lambda name: registry.pipes.get(name), hub_limits)
+    registry = Registry(clock, limits, observer=hub)
+    web = PipeWeb(registry, hub, clock)
+    site = PipeSite(web.resource(), registry, clock, max_per_address=max_per_address, trusted_proxies=trusted_proxies)
+    return Parts(registry, hub, web, site)
+
+
+def makeService(config: Options, reactor: Any = None) -> PipeService:
     if reactor is None:
-        from twisted.internet import reactor
-    limits = Limits(
-        max_receivers=config["max-receivers"],
-        max_pending=config["max-pending"],
-        max_active=config["max-active"],
-        max_waiting_per_address=config["max-waiting-per-address"],
-        wait_timeout=config["wait-timeout"],
-        idle_timeout=config["idle-timeout"],
-    )
-    registry = Registry(reactor, limits)
-    hub = Hub(
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+        # The daemon's own process only (never a test's): see malloc.py.
+        keep_buffers()
+    parts = build(
         reactor,
-        registry,
+        Limits(
+            max_receivers=config["max-receivers"],
+            max_pending=config["max-pending"],
+            max_active=config["max-active"],
+            max_waiting_per_address=config["max-waiting-per-address"],
+            wait_timeout=config["wait-timeout"],
+            idle_timeout=config["idle-timeout"],
+        ),
         HubLimits(
             max_spectators=config["max-spectators"],
             max_watched_paths=config["max-watched-paths"],
@@ -124,14 +158,8 @@ def makeService(config: Options, reactor=None) -> PipeService:
             interval=config["progress-interval"],
             retain=config["retain"],
         ),
-    )
-    web = PipeWeb(registry, hub, reactor)
-    site = PipeSite(
-        web.resource(),
-        registry,
-        reactor,
         max_per_address=config["max-connections-per-address"],
         trusted_proxies=frozenset(config["trusted-proxy"]),
     )
     endpoints = [serverFromString(reactor, description) for description in config["listen"]]
-    return PipeService(reactor, site, registry, hub, endpoints, config["drain-timeout"], config["port-file"])
+    return PipeService(reactor, parts, endpoints, config["drain-timeout"], config["port-file"])

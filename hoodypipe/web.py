@@ -25,11 +25,14 @@ from hoodypipe.download import Download
 from hoodypipe.errors import HTTPError
 from hoodypipe.hub import Hub, json_body, parse_last_event_id
 from hoodypipe.metrics import Metrics
-from hoodypipe.names import PREFIX, Target, parse_target
+from hoodypipe.names import PREFIX, PartyQuery, Target, parse_target
 from hoodypipe.pipes import Registry
 from hoodypipe.progress import rfc3339
+from hoodypipe.refusal import refuse
 
-PIPE_METHODS = b"GET, PUT, POST, OPTIONS"
+PIPE_METHODS = b"GET, POST, PUT, OPTIONS"
+# Health and metrics answer preflights too (status pages poll them).
+READ_ONLY_PAGES = frozenset({"health", "metrics"})
 CORS_HEADERS = b"Content-Type, Content-Disposition, X-Piping, X-Hoody-Pipe, X-Pipe-Size, Last-Event-ID"
 FORMATS = {"text/html": "html", "text/event-stream": "sse", "application/json": "json", "text/plain": "text"}
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
@@ -135,14 +138,7 @@ class PipeWeb:
     # -- answers ---------------------------------------------------------------------
 
     def error(self, request: IRequest, error: HTTPError) -> bytes:
-        self.registry.rejections[error.code] += 1
-        request.setResponseCode(error.code)
-        for name, value in error.headers.items():
-            request.setHeader(name, value)
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        request.setHeader(b"Access-Control-Allow-Origin", b"*")
-        request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        return error.line
+        return refuse(request, error, self.registry.rejections)
 
     def _json(self, request: IRequest, data: dict[str, Any]) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
@@ -169,7 +165,7 @@ class PipeWeb:
 
     def page(self, request: IRequest, target: Target, method: bytes) -> Any:
         page = target.page
-        allowed = b"GET, HEAD, OPTIONS" if page == "health" else b"GET, HEAD"
+        allowed = b"GET, HEAD, OPTIONS" if page in READ_ONLY_PAGES else b"GET, HEAD"
         if method not in allowed.split(b", "):
             raise HTTPError(405, f"Method {method.decode('latin-1')} is not allowed.", {b"Allow": allowed})
         if method == b"OPTIONS":
@@ -247,18 +243,8 @@ class PipeWeb:
         if (request.getHeader(b"Service-Worker") or b"").lower() == b"script":
             raise HTTPError(400, "A pipe cannot be registered as a service worker.")
         limits = self.registry.limits
-        n = query.integer("n", 1, limits.max_receivers, 1)
-        wait = query.integer("wait", 1, 3600, int(limits.wait_timeout))
-        filename = query.get("filename")
-        download: bool | None = query.flag("download") if query.get("download") is not None else None
-        receiver = Download(
-            request,
-            n,
-            wait,
-            download=download,
-            filename=filename,
-            last_segment=_last_segment(name),
-        )
+        party = PartyQuery.parse(query, limits.max_receivers, limits.wait_timeout)
+        receiver = Download(request, party, self.registry.rejections, last_segment=_last_segment(name))
         receiver.pipe = self.registry.add_receiver(name, receiver)
         return receiver.done
 

@@ -10,9 +10,10 @@ from twisted.web.http_headers import Headers
 
 
 class FakeSender:
-    def __init__(self, n: int = 1, wait: float = 300, headers: Headers | None = None) -> None:
+    def __init__(self, n: int = 1, wait: float = 300, headers: Headers | None = None, address: str | None = None) -> None:
         self.n = n
         self.wait = wait
+        self.address = address
         self.headers = SenderHeaders.read(headers or Headers())
         self.lines: list[str] = []
         self.reading = True
@@ -37,9 +38,10 @@ class FakeSender:
 
 
 class FakeReceiver:
-    def __init__(self, n: int = 1, wait: float = 300) -> None:
+    def __init__(self, n: int = 1, wait: float = 300, address: str | None = None) -> None:
         self.n = n
         self.wait = wait
+        self.address = address
         self.body = b""
         self.begun = False
         self.finished = False

@@ -8,9 +8,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from hoodypipe.channel import PipeChannel, PipeSite
-from hoodypipe.hub import Hub, HubLimits
-from hoodypipe.pipes import Limits, Registry
-from hoodypipe.web import PipeWeb
+from hoodypipe.hub import HubLimits
+from hoodypipe.pipes import Limits
+from hoodypipe.tap import build
 from tests.support.httpwire import Response, parse_response
 
 __all__ = ["Conn", "HalfCloseTransport", "MemoryDaemon", "Response", "parse_response"]
@@ -79,14 +79,15 @@ class Conn:
 
 
 class MemoryDaemon:
-    """Registry, hub, Klein app and site wired as tap.makeService does."""
+    """Registry, hub, Klein app and site, wired by tap.build as the daemon is."""
 
     def __init__(self, limits: Limits | None = None, hub_limits: HubLimits | None = None) -> None:
         self.clock = MemoryReactorClock()
-        self.registry = Registry(self.clock, limits or Limits())
-        self.hub = Hub(self.clock, self.registry, hub_limits)
-        self.web = PipeWeb(self.registry, self.hub, self.clock)
-        self.site = PipeSite(self.web.resource(), self.registry, self.clock)
+        self.parts = build(self.clock, limits or Limits(), hub_limits)
+        self.registry = self.parts.registry
+        self.hub = self.parts.hub
+        self.web = self.parts.web
+        self.site = self.parts.site
         self._ports = 40000
 
     def connect(self) -> Conn:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.web.http import _MalformedChunkedDataError
 
-from hoodypipe.chunked import ChunkedDecoder
+from hoodypipe.chunked import ChunkedDecoder, MalformedChunks
 
 
 def encode(chunks: list[bytes], trailers: bytes = b"") -> bytes:
@@ -46,13 +45,13 @@ def test_one_piece_per_read():
                                   b"1" * 2000, b"5\r\nhello\r\n0\r\n" + b"T: x\r\n" * 5000])
 def test_malformed_framing_raises_the_channel_error(wire):
     decoder = ChunkedDecoder(lambda d: None, lambda d: None)
-    with pytest.raises(_MalformedChunkedDataError):
+    with pytest.raises(MalformedChunks):
         decoder.dataReceived(wire)
 
 
 def test_payload_before_an_error_is_still_delivered():
     got: list[bytes] = []
     decoder = ChunkedDecoder(lambda pieces: got.append(b"".join(pieces)), lambda d: None)
-    with pytest.raises(_MalformedChunkedDataError):
+    with pytest.raises(MalformedChunks):
         decoder.dataReceived(b"3\r\nabc\r\nzz\r\n")
     assert got == [b"abc"]

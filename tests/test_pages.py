@@ -72,9 +72,9 @@ def test_pipe_options_and_unknown_methods():
     d = MemoryDaemon()
     got = d.connect().request("OPTIONS", "/x").response()
     assert got.status == 200 and got.headers["access-control-allow-origin"] == "*"
-    assert got.headers["access-control-allow-methods"] == "GET, PUT, POST, OPTIONS"
+    assert got.headers["access-control-allow-methods"] == "GET, POST, PUT, OPTIONS"
     assert "X-Pipe-Size" in got.headers["access-control-allow-headers"]
     assert got.headers["access-control-max-age"] == "86400"
     bad = d.connect().request("PATCH", "/x").response()
     assert bad.status == 405 and bad.body == b"[ERROR] Method PATCH is not allowed.\n"
-    assert bad.headers["allow"] == "GET, PUT, POST, OPTIONS"
+    assert bad.headers["allow"] == "GET, POST, PUT, OPTIONS"

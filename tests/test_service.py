@@ -9,7 +9,7 @@ from tests.memhttp import MemoryDaemon
 
 
 def service(d: MemoryDaemon, drain: float = 10) -> PipeService:
-    svc = PipeService(d.clock, d.site, d.registry, d.hub, [], drain_timeout=drain)
+    svc = PipeService(d.clock, d.parts, [], drain_timeout=drain)
     svc.startService()
     return svc
 

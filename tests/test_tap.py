@@ -55,11 +55,11 @@ def test_service_listens_on_every_endpoint_and_wires_the_limits():
     site = reactor.tcpServers[0][1]
     assert isinstance(site, PipeSite)
     assert site.registry.limits.max_receivers == 3 and site.registry.limits.wait_timeout == 7
-    assert service.hub.limits.max_spectators == 9
-    assert service.hub._loop.running
+    assert service.parts.hub.limits.max_spectators == 9
+    assert service.parts.hub.running
     d = service.stopService()
     reactor.advance(1)
-    assert d.called and not service.hub._loop.running
+    assert d.called and not service.parts.hub.running
 
 
 def test_trusted_proxies_are_ip_addresses():

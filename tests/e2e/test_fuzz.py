@@ -284,8 +284,15 @@ def int_ok(value: str | None, low: int, high: int) -> bool:
     return value is None or (re.fullmatch(r"[0-9]{1,10}", value) is not None and low <= int(value) <= high)
 
 
-def flag_ok(value: str | None) -> bool:
-    return value is None or value.strip().lower() in {"", "true", "yes", "1", "false", "no", "0"}
+def seconds_ok(value: str | None, low: float, high: float) -> bool:
+    """``?wait=``: seconds, fractions allowed."""
+    return value is None or (
+        re.fullmatch(r"[0-9]{1,7}(\.[0-9]{1,6})?", value) is not None and low <= float(value) <= high)
+
+
+def download_ok(value: str | None) -> bool:
+    """``?download`` is on for any value but false/no/0 (KIT.md section 8): never refused."""
+    return True
 
 
 # -- the properties -----------------------------------------------------------------------------
@@ -334,7 +341,7 @@ def test_sender_query_and_size_are_validated(fuzzd, query, x_pipe_size, sized):
     first = pipe_flag_or_int_ok(query)
     bad_header = x_pipe_size is not None and forbidden_in_header(x_pipe_size)
     size_ok = x_pipe_size is None or re.fullmatch(rb"\d{1,19}", twisted_value(x_pipe_size).strip()) is not None
-    valid = int_ok(first.get("n"), 1, 256) and int_ok(first.get("wait"), 1, 3600) and size_ok and not bad_header
+    valid = int_ok(first.get("n"), 1, 256) and seconds_ok(first.get("wait"), 1, 3600) and size_ok and not bad_header
     with socket.create_connection((fuzzd.host, fuzzd.port), timeout=5) as sock:
         sock.sendall(raw)
         answer = _read_answer(sock, stop_after=b"\n")
@@ -358,8 +365,8 @@ def test_receiver_query_is_validated(fuzzd, query):
     target = PREFIX + name + (b"?" + render_query(query) if query else b"")
     raw = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     first = pipe_flag_or_int_ok(query)
-    valid = (int_ok(first.get("n"), 1, 256) and int_ok(first.get("wait"), 1, 3600)
-             and flag_ok(first.get("download")))
+    valid = (int_ok(first.get("n"), 1, 256) and seconds_ok(first.get("wait"), 1, 3600)
+             and download_ok(first.get("download")))
     with socket.create_connection((fuzzd.host, fuzzd.port), timeout=0.15 if valid else 5) as sock:
         sock.sendall(raw)
         answer = _read_answer(sock)
@@ -415,7 +422,7 @@ def test_sender_headers_reach_receivers_safely(fuzzd, content_type, disposition,
         get = (b"GET " + PREFIX + name + (b"?" + query if query else b"") +
                b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         got = exchange(fuzzd, get, timeout=10)
-        if not flag_ok(first.get("download")):
+        if not download_ok(first.get("download")):
             check_answer(got, {400}, get)
             # Finish the transfer with a plain receiver so the sender is not left waiting.
             got = exchange(fuzzd, b"GET " + PREFIX + name + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

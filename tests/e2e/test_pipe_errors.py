@@ -223,13 +223,23 @@ def test_other_methods_are_405(daemon, method, root):
     assert allow == PIPE_ALLOW
 
 
-@pytest.mark.parametrize("target", ["/help", "/api/v1/pipe/help", "/", "/api/v1/pipe", "/api/v1/pipe/health",
-                                    "/noscript", "/robots.txt", "/favicon.ico", "/HELP/", "/api/v1/pipe/metrics"])
+@pytest.mark.parametrize("target", ["/help", "/api/v1/pipe/help", "/", "/api/v1/pipe",
+                                    "/noscript", "/robots.txt", "/favicon.ico", "/HELP/"])
 @pytest.mark.parametrize("method", ["PUT", "POST"])
 def test_upload_to_reserved_path_is_400(daemon, target, method):
     assert_error(fetch(daemon, target, method, body=b"abc"), 400)
     via_curl = run_curl("-T", "-", "-X", method, f"{daemon.base}{target}", input=b"abc")
     assert via_curl.status == 400 and ERROR_LINE.match(via_curl.body), via_curl
+
+
+@pytest.mark.parametrize("target", ["/api/v1/pipe/health", "/api/v1/pipe/metrics", "/api/v1/pipe/Health/"])
+@pytest.mark.parametrize("method", ["PUT", "POST"])
+def test_upload_to_health_or_metrics_is_405(daemon, target, method):
+    got = fetch(daemon, target, method, body=b"abc")
+    assert_error(got, 405)
+    assert got.header("Allow") == "GET, HEAD, OPTIONS"
+    via_curl = run_curl("-T", "-", "-X", method, f"{daemon.base}{target}", input=b"abc")
+    assert via_curl.status == 405 and ERROR_LINE.match(via_curl.body), via_curl
 
 
 @pytest.mark.parametrize("target", ["/help", "/", "/robots.txt"])
@@ -248,7 +258,8 @@ def test_options_preflight_on_a_name(daemon):
         methods = {m.strip() for m in answer.header("Access-Control-Allow-Methods").split(",")}
         assert methods == PIPE_ALLOW
         allowed = {h.strip().lower() for h in answer.header("Access-Control-Allow-Headers").split(",")}
-        assert allowed == {"content-type", "content-disposition", "x-piping", "x-hoody-pipe", "x-pipe-size"}
+        assert allowed == {"content-type", "content-disposition", "x-piping", "x-hoody-pipe", "x-pipe-size",
+                           "last-event-id"}
         assert answer.header("Access-Control-Max-Age") == "86400"
 
 

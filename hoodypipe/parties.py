@@ -1,0 +1,62 @@
+"""The parties of a pipe, as the pipe and the relay drive them.
+
+``sender.Sender`` and ``download.Download`` are the real ones; the tests
+have verified fakes (``tests/fakes.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IPushProducer
+
+    from hoodypipe.errors import HTTPError
+    from hoodypipe.frame import Frame
+    from hoodypipe.headers import SenderHeaders
+
+
+class Party(Protocol):
+    """What every party states on arrival."""
+
+    n: int
+    wait: float
+    # The client's address, for the per-address caps (None in memory).
+    address: str | None
+
+
+class SenderParty(Party, Protocol):
+    """The upload side, as the pipe drives it."""
+
+    headers: SenderHeaders
+
+    def say(self, text: str) -> None:
+        """Write one ``[INFO] text`` line to the sender."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def read_in(self, step: int) -> None:
+        """Read the sender's socket ``step`` bytes at a time."""
+
+    def end(self, error: str | None) -> None:
+        """Close the sender's response: success, or an ``[ERROR] error.`` line."""
+
+
+class ReceiverParty(Party, Protocol):
+    """One download, as the pipe drives it."""
+
+    def begin(self, headers: SenderHeaders) -> None: ...
+
+    def write(self, frame: Frame) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None:
+        """Break the connection so the client cannot mistake it for a complete download."""
+
+    def refuse(self, error: HTTPError) -> None: ...
+
+    def watch_flow(self, producer: IPushProducer, step: int) -> None:
+        """Register ``producer`` to be paused while more than ``step`` bytes wait to be sent."""
