@@ -1,11 +1,15 @@
-"""Shared helpers for the hoodypipe benchmarks (stdlib only, loopback only)."""
+"""Shared helpers for the hoodypipe benchmarks (stdlib only, loopback only).
 
-import http.client
+The benchmarks run from the checkout (`python bench/x.py`): this module puts the
+repository root on sys.path, once, so that they share tests/support/ (HTTP on
+the wire, the fault harness, the fuzz grammar) with the tests.
+"""
+
 import os
 import re
 import resource
+import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -14,6 +18,12 @@ import time
 
 HOST = "127.0.0.1"
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from tests.support import httpwire  # noqa: E402
+
 PIPE_PREFIX = "/api/v1/pipe/"
 HEALTH_PATH = PIPE_PREFIX + "health"
 MIB = 1 << 20
@@ -32,23 +42,24 @@ def parse_size(text):
     return int(m.group(1)) << (10 * "_kmgt".index(m.group(2).lower() or "_"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def exit_on_sigterm():
     """Turn SIGTERM into SystemExit so `finally` blocks clean up children."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 class Child:
-    """A child process in its own process group, output sent to a log file."""
+    """A child process in its own process group, output sent to a log file.
+
+    `port_file` is a path in a fresh directory where a child that binds port 0
+    can say which port the kernel gave it (see `wait_port_file`).
+    """
 
     def __init__(self, name, argv, **popen_kwargs):
         self.name = name
-        self.log = tempfile.NamedTemporaryFile(
+        self.workdir = tempfile.mkdtemp(prefix="hoodypipe-bench-%s-" % name)
+        self.port_file = os.path.join(self.workdir, "port")
+        argv = [self.port_file if a is PORT_FILE else a for a in argv]
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (open as long as the child runs)
             prefix="hoodypipe-bench-%s-" % name, suffix=".log", delete=False)
         popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
         popen_kwargs.setdefault("stdout", self.log)
@@ -59,6 +70,7 @@ class Child:
         except BaseException:
             self.log.close()
             os.unlink(self.log.name)
+            shutil.rmtree(self.workdir, ignore_errors=True)
             raise
         self.pid = self.proc.pid
 
@@ -71,6 +83,27 @@ class Child:
         kill_group(self.proc)
         self.log.close()
         os.unlink(self.log.name)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# Stands for the child's port file in a Child's argv.
+PORT_FILE = object()
+
+
+def wait_port_file(child, timeout=15.0):
+    """The port a child wrote to its port file ("HOST PORT" or "PORT" on the first
+    line; written whole, then renamed into place); raise if it dies first."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(child.port_file):
+        if child.proc.poll() is not None:
+            raise RuntimeError("%s exited with %s before listening:\n%s"
+                               % (child.name, child.proc.returncode, child.log_tail()))
+        if time.monotonic() > deadline:
+            raise RuntimeError("%s wrote no port after %.0f s:\n%s"
+                               % (child.name, timeout, child.log_tail()))
+        time.sleep(0.02)
+    with open(child.port_file) as f:
+        return int(f.readline().split()[-1])
 
 
 def kill_group(proc, grace=3.0):
@@ -94,14 +127,8 @@ def kill_group(proc, grace=3.0):
 
 
 def http_status(port, path, timeout=1.0):
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    finally:
-        conn.close()
+    request = httpwire.request("GET", path, {"Connection": "close"}, host="%s:%d" % (HOST, port))
+    return httpwire.exchange(HOST, port, request, timeout).status
 
 
 def wait_http_ok(child, port, path, timeout=15.0):
@@ -123,13 +150,14 @@ def wait_http_ok(child, port, path, timeout=15.0):
 
 
 def start_hoodypipe(twistd, extra_args=(), **popen_kwargs):
-    """Start the hoodypipe daemon on a free port; returns (Child, port)."""
-    port = free_port()
+    """Start the hoodypipe daemon on a port the kernel chooses (it says which in
+    its --port-file); returns (Child, port)."""
     child = Child("hoodypipe", [
         twistd, "-n", "--pidfile=", "hoodypipe",
-        "--listen", "tcp:%d:interface=%s" % (port, HOST), *extra_args],
+        "--listen", "tcp:0:interface=%s" % HOST, "--port-file", PORT_FILE, *extra_args],
         **popen_kwargs)
     try:
+        port = wait_port_file(child)
         wait_http_ok(child, port, HEALTH_PATH)
     except BaseException:
         child.stop()

@@ -31,13 +31,42 @@ import subprocess
 import sys
 import uuid
 
-from _common import (argument_parser, HOST, MIB, Child, TransferFailed, default_twistd,
-                     exit_on_sigterm, free_port, parse_size, pipe_url,
-                     start_hoodypipe, transfer, wait_http_ok)
+from _common import (
+    HOST,
+    MIB,
+    PORT_FILE,
+    Child,
+    TransferFailed,
+    argument_parser,
+    default_twistd,
+    exit_on_sigterm,
+    parse_size,
+    pipe_url,
+    start_hoodypipe,
+    transfer,
+    wait_http_ok,
+    wait_port_file,
+)
 
 TARGETS = ("hoodypipe", "piping-server", "limit")
 RATIO_TARGETS = {"piping-server": 1.2, "limit": 0.85}
 WARMUP_SIZE = 64 * MIB
+# Run as `node -e REPORT_PORT PORT_FILE SCRIPT ARGS...`: SCRIPT runs as if started
+# itself, and the port the kernel gave its server (it is told port 0) goes to
+# PORT_FILE, so no port has to be picked (and raced for) beforehand.
+REPORT_PORT = r"""
+const fs = require("fs"), net = require("net"), path = require("path");
+const file = process.argv.splice(1, 1)[0];
+const listen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {
+  this.once("listening", () => {
+    fs.writeFileSync(file + ".tmp", "127.0.0.1 " + this.address().port + "\n");
+    fs.renameSync(file + ".tmp", file);
+  });
+  return listen.apply(this, args);
+};
+require(path.resolve(process.argv[1]));
+"""
 
 
 # --- targets -----------------------------------------------------------------
@@ -56,12 +85,12 @@ def start_piping_server(npm_dir):
     bin_entry = meta["bin"]
     if isinstance(bin_entry, dict):
         bin_entry = bin_entry["piping-server"]
-    port = free_port()
     child = Child("piping-server", [
-        shutil.which("node") or "node", os.path.join(package, bin_entry),
-        "--http-port", str(port), "--host", HOST])
+        shutil.which("node") or "node", "-e", REPORT_PORT, PORT_FILE, os.path.join(package, bin_entry),
+        "--http-port", "0", "--host", HOST])
     child.version = meta.get("version", "?")
     try:
+        port = wait_port_file(child)
         wait_http_ok(child, port, "/version")
     except BaseException:
         child.stop()
@@ -70,11 +99,11 @@ def start_piping_server(npm_dir):
 
 
 def start_limit():
-    port = free_port()
     child = Child("limit", [sys.executable,
                             os.path.join(os.path.dirname(__file__), "_sink.py"),
-                            str(port)])
+                            PORT_FILE])
     try:
+        port = wait_port_file(child)
         wait_http_ok(child, port, "/")
     except BaseException:
         child.stop()
