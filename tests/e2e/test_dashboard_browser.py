@@ -2,20 +2,25 @@
 phone-sized viewport, driven by Playwright for Python.
 
 Open the dashboard before the transfer, watch it go live without a reload, see it
-finish, open a fresh tab afterwards and see the final state at once. A screenshot of
-each stage goes to ``artifacts/`` (gitignored; CI keeps it as a test artefact).
+finish, open a fresh tab afterwards and see the final state at once. One tab follows
+two transfers on a name (its stream is ``?progress&follow=1``): the final line stays
+until the next transfer begins, and after the end nothing reconnects but the window.
+A screenshot of each stage goes to ``artifacts/`` (gitignored; CI keeps it as a test
+artefact).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from ._helpers import unique, wait_status
-from ._sidechannel import PacedSender, Receiver
+from ._sidechannel import PREFIX, PacedSender, Receiver
 
 pytestmark = pytest.mark.browser
 
@@ -101,6 +106,52 @@ def _stop(sender, receiver, context) -> None:
     context.close()
 
 
+ACCESS = re.compile(r'"GET (?P<target>\S+) HTTP/1\.[01]" (?P<status>\d{3}) ')
+
+
+def _is_stream(url: str, name: str) -> bool:
+    """A dashboard's SSE request for ``name`` (not the page itself, not ?status)."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    return parts.path == f"{PREFIX}{name}" and "progress" in query and query.get("format") == ["sse"]
+
+
+def _streams_logged(daemon, name: str) -> int:
+    """SSE requests for ``name`` the daemon answered to their end (twistd logs an
+    access line when a request finishes: here, when a stream's window closes)."""
+    count = 0
+    for line in daemon.log_text().splitlines():
+        match = ACCESS.search(line)
+        if match and _is_stream(match["target"], name):
+            count += 1
+    return count
+
+
+class Requests:
+    """The ``?progress`` streams and ``?status`` polls that pages of a context made for a name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.streams: list[str] = []
+        self.polls: list[str] = []
+
+    def watch(self, page) -> None:
+        page.on("request", self._seen)
+
+    def _seen(self, request) -> None:
+        parts = urlsplit(request.url)
+        if _is_stream(request.url, self.name):
+            self.streams.append(request.url)
+        elif parts.path == f"{PREFIX}{self.name}" and "status" in parse_qs(parts.query, keep_blank_values=True):
+            self.polls.append(request.url)
+
+
+def _state_is(page, state: str, timeout: float = 10000) -> None:
+    page.wait_for_function(
+        "s => document.getElementById('state').textContent === s", arg=state, timeout=timeout
+    )
+
+
 def _percent(page) -> float | None:
     text = page.inner_text("#percent").strip().rstrip("%")
     try:
@@ -113,8 +164,8 @@ def _fmt_bytes(n: int) -> str:
     """The dashboard's decimal units, as in "7.6 GB"."""
     if n < 1000:
         return f"{n} B"
-    value, unit = float(n), ""
-    for unit in ("kB", "MB", "GB", "TB"):
+    value = float(n)
+    for unit in ("kB", "MB", "GB", "TB"):  # noqa: B007 (the unit it stopped at)
         value /= 1000
         if value < 999.95:
             break
@@ -242,6 +293,174 @@ def test_dashboard_reconnects_after_the_spectator_window(browser, spawn):
         assert connection <= {"live"}, f"the page showed the reconnects: {connection}"
         assert len(streams) > before, f"no reconnect while streaming: {len(streams)} stream(s) in all"
         assert page.inner_text("#state") == "complete" and page.is_visible("#final")
+        final = page.inner_text("#final")
+        sender.join()
+        receiver.join()
+
+        # After the end: reconnects at window ends only (1 s window + 1 s retry), no loop,
+        # no polling, and the final line stays.
+        quiet = 5.0
+        page_before, logged_before = len(streams), _streams_logged(d, name)
+        page.wait_for_timeout(quiet * 1000)
+        page_after, logged_after = len(streams) - page_before, _streams_logged(d, name) - logged_before
+        most = int(quiet / (1 + 1)) + 1
+        assert 1 <= page_after <= most, f"{page_after} stream(s) in {quiet} s after the end (at most {most})"
+        assert logged_after <= most + 1, f"the daemon ended {logged_after} stream(s) in {quiet} s after the end"
+        assert page.inner_text("#state") == "complete" and page.inner_text("#final") == final
+        assert page.inner_text("#conn").strip() == "live"
+        assert page.evaluate("window.__csp") == []
+        assert problems.items == [], problems.items
+    finally:
+        _stop(sender, receiver, context)
+
+
+def test_one_tab_follows_two_transfers_and_keeps_each_final_line(browser, daemon):
+    """One tab open before, during and after two transfers on one name: each goes live
+    and finishes without a reload; the first final line stays until the second
+    transfer begins; after the end nothing reconnects (the window is 300 s)."""
+    name = unique("dash-two")
+    url = daemon.url(name, "progress")
+    first, second = 6_000_000, 9_000_000
+    problems = Problems()
+    seen = Requests(name)
+    context = browser.new_context(**PHONE)
+    context.add_init_script(WATCH_CSP)
+    sender = receiver = None
+    try:
+        page = context.new_page()
+        problems.watch(page)
+        seen.watch(page)
+        page.goto(url)
+        page.wait_for_function("() => document.getElementById('conn').textContent.trim() === 'live'", timeout=5000)
+        assert page.inner_text("#state") == "idle"
+        assert len(seen.streams) == 1, seen.streams
+        stream_query = parse_qs(urlsplit(seen.streams[0]).query, keep_blank_values=True)
+        assert stream_query.get("follow") == ["1"], f"the dashboard's stream does not follow: {seen.streams[0]}"
+        page.evaluate("window.__sameDocument = true")
+        _shot(page, "5-two-before")
+
+        # The first transfer, live, to its final line.
+        sender = PacedSender(daemon, name, first, 2.0, sized=True)
+        receiver = Receiver(daemon, name)
+        _state_is(page, "streaming", 5000)
+        _state_is(page, "complete", 15000)
+        sender.join()
+        receiver.join()
+        page.wait_for_selector("#final", state="visible", timeout=5000)
+        final = page.inner_text("#final")
+        assert _fmt_bytes(first) in final and "no errors" in final.lower(), final
+
+        # It stays on screen, with no reconnect and no polling, until the next transfer.
+        streams, polls = len(seen.streams), len(seen.polls)
+        page.wait_for_timeout(2500)
+        assert page.inner_text("#state") == "complete" and page.inner_text("#final") == final
+        assert page.is_visible("#final")
+        assert (len(seen.streams), len(seen.polls)) == (streams, polls), (seen.streams, seen.polls)
+        _shot(page, "6-two-first-complete")
+
+        # The second transfer resets the view as it begins and goes live in the same tab.
+        sender = PacedSender(daemon, name, second, 3.0, sized=True)
+        _state_is(page, "waiting", 5000)
+        assert not page.is_visible("#final"), "the first final line outlived the new transfer"
+        timeline = page.inner_text("#timeline")
+        assert "waiting" in timeline and "complete" not in timeline, timeline
+        receiver = Receiver(daemon, name)
+        _state_is(page, "streaming", 5000)
+        page.wait_for_function(
+            "() => parseFloat(document.getElementById('percent').textContent) >= 10", timeout=10000
+        )
+        assert _fmt_bytes(second) in page.inner_text("#total"), page.inner_text("#total")
+        _shot(page, "7-two-second-streaming")
+
+        # A tab opened during the transfer shows it from its first paint.
+        during = context.new_page()
+        problems.watch(during)
+        seen.watch(during)
+        during.goto(url, wait_until="domcontentloaded")
+        assert during.inner_text("#state") == "streaming"
+        during.wait_for_function("() => document.getElementById('conn').textContent.trim() === 'live'", timeout=5000)
+        _shot(during, "8-two-tab-during")
+
+        _state_is(page, "complete", 15000)
+        _state_is(during, "complete", 5000)
+        sender.join()
+        receiver.join()
+        assert receiver.digest == sender.digest
+        for p in (page, during):
+            p.wait_for_selector("#final", state="visible", timeout=5000)
+            assert _fmt_bytes(second) in p.inner_text("#final"), p.inner_text("#final")
+        steps = [w for w in page.inner_text("#timeline").split() if w in ("idle", "waiting", "streaming", "complete")]
+        assert steps == ["waiting", "streaming", "complete"], f"the timeline is not the second transfer's: {steps}"
+        assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
+        page.wait_for_timeout(300)
+        _shot(page, "9-two-second-complete")
+
+        # After the end: no reconnect, no polling, by the pages' and by the daemon's count.
+        quiet = 5.0
+        streams, polls, logged = len(seen.streams), len(seen.polls), _streams_logged(daemon, name)
+        page.wait_for_timeout(quiet * 1000)
+        assert len(seen.streams) == streams, f"reconnects after the end: {seen.streams[streams:]}"
+        assert len(seen.polls) == polls, f"polling after the end: {seen.polls[polls:]}"
+        assert _streams_logged(daemon, name) == logged, "the daemon ended streams after the end"
+        for p in (page, during):
+            assert p.inner_text("#state") == "complete" and p.is_visible("#final")
+            assert p.inner_text("#conn").strip() == "live"
+            assert p.evaluate("window.__csp") == [], "CSP violations"
+
+        # And a tab opened after the end shows the second transfer's final line at once.
+        after = context.new_page()
+        problems.watch(after)
+        after.goto(url, wait_until="domcontentloaded")
+        assert after.inner_text("#state") == "complete"
+        assert _fmt_bytes(second) in after.inner_text("#final")
+        after.wait_for_function("() => document.getElementById('conn').textContent.trim() === 'live'", timeout=5000)
+        assert after.evaluate("window.__csp") == []
+        _shot(after, "10-two-tab-after")
+        assert problems.items == [], problems.items
+    finally:
+        _stop(sender, receiver, context)
+
+
+def test_final_line_stays_when_the_name_goes_idle(browser, spawn):
+    """Past ``--retain`` the name reads idle again; an open tab keeps the final line
+    (until a next transfer begins), through its reconnects, and does not poll."""
+    d = spawn("--spectator-window", "1", "--retain", "1")
+    name = unique("dash-retain")
+    total = 3_000_000
+    problems = Problems()
+    seen = Requests(name)
+    context = browser.new_context(**PHONE)
+    context.add_init_script(WATCH_CSP)
+    sender = receiver = None
+    try:
+        page = context.new_page()
+        problems.watch(page)
+        seen.watch(page)
+        page.goto(d.url(name, "progress"))
+        page.wait_for_function("() => document.getElementById('conn').textContent.trim() === 'live'", timeout=5000)
+        sender = PacedSender(d, name, total, 1.0, sized=True)
+        receiver = Receiver(d, name)
+        _state_is(page, "complete", 15000)
+        sender.join()
+        receiver.join()
+        page.wait_for_selector("#final", state="visible", timeout=5000)
+        final = page.inner_text("#final")
+        streams = len(seen.streams)
+        wait_status(d, name, timeout=10, state="idle")  # the retained state is gone
+        page.wait_for_timeout(4000)  # two windows: the reconnects now find an idle name
+        assert len(seen.streams) > streams, "no reconnect at the window ends"
+        assert page.inner_text("#state") == "complete", "the final line gave way to idle"
+        assert page.is_visible("#final") and page.inner_text("#final") == final
+        assert page.inner_text("#conn").strip() == "live"
+        assert len(seen.polls) <= len(seen.streams), f"polling: {seen.polls}"
+        _shot(page, "11-final-past-retain")
+
+        # The next transfer still takes the tab over.
+        sender = PacedSender(d, name, total, 1.0, sized=True)
+        _state_is(page, "waiting", 5000)
+        assert not page.is_visible("#final")
+        receiver = Receiver(d, name)
+        _state_is(page, "complete", 15000)
         sender.join()
         receiver.join()
         assert page.evaluate("window.__csp") == []
