@@ -14,10 +14,12 @@ it, when a Twisted upgrade moves one.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, ITransport
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from hoodypipe.chunked import ChunkedDecoder, MalformedChunks
@@ -28,10 +30,12 @@ from hoodypipe.refusal import raw_refusal
 from hoodypipe.request import PipeRequest
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall
-    from twisted.python.failure import Failure
+    from collections.abc import Callable
+
+    from twisted.internet.interfaces import IAddress, IDelayedCall
     from twisted.web.resource import IResource
 
+    from hoodypipe.frame import Payload
     from hoodypipe.pipes import Registry
 
 # The private names of Twisted this module relies on, by where they live.
@@ -63,6 +67,24 @@ HEADER_TIMEOUT = 30.0
 _ASCII_UNSAFE = re.compile(rb"[^\x21-\x7e]")
 
 
+class _Socket(Protocol):
+    """What a channel asks of its transport (a TCP, TLS or unix one)."""
+
+    disconnecting: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+    def getPeer(self) -> IAddress: ...
+
+
 class PipeSite(server.Site):
     """A Site whose channels stream uploads into the pipe registry."""
 
@@ -85,7 +107,8 @@ class PipeSite(server.Site):
         self.trusted_proxies = frozenset(a for a in map(normal_address, trusted_proxies) if a)
         self.by_address: dict[str, int] = {}
         self.hangups = hangup_watch(clock)
-        self.protocol = PipeChannel
+        # twisted.web types Site.protocol as its own factory function.
+        self.protocol = PipeChannel  # type: ignore[assignment,method-assign]
         # Shutting down: connections close as soon as they are between requests.
         self.closing = False
         self._closed: list[Deferred[None]] = []
@@ -195,7 +218,7 @@ class PipeChannel(http.HTTPChannel):
         if self._linger is not None or self.transport is None:
             return
         self._linger = self.site.clock.callLater(LINGER_SECONDS, self.abort)
-        self._networkProducer.unregisterProducer()
+        cast(Any, self._networkProducer).unregisterProducer()
         transport = cast(Any, self.transport)
         transport.resumeProducing()
         lose_write = getattr(transport, "loseWriteConnection", None)
@@ -204,9 +227,9 @@ class PipeChannel(http.HTTPChannel):
     def close_after_response(self) -> None:
         self.persistent = False
 
-    def _transport(self) -> ITransport:
+    def _transport(self) -> _Socket:
         assert self.transport is not None
-        return cast(ITransport, self.transport)
+        return cast(_Socket, self.transport)
 
     # -- HTTPChannel -----------------------------------------------------------------
 
@@ -247,11 +270,11 @@ class PipeChannel(http.HTTPChannel):
         super().requestDone(request)
         if self.site.closing:
             self.close_if_idle()
-        elif self.persistent and self.transport is not None and not self.transport.disconnecting:
+        elif self.persistent and self.transport is not None and not self._transport().disconnecting:
             self._start_header_deadline()
 
     def close_if_idle(self) -> None:
-        if not self.requests and self.transport is not None and not self.transport.disconnecting:
+        if not self.requests and self.transport is not None and not self._transport().disconnecting:
             self.loseConnection()
 
     def allContentReceived(self) -> None:
@@ -270,7 +293,9 @@ class PipeChannel(http.HTTPChannel):
         ok: bool = super()._maybeChooseTransferDecoder(header, data)
         decoder = self._transferDecoder
         if ok and isinstance(decoder, http._ChunkedTransferDecoder):
-            self._transferDecoder = _Decoder(decoder.dataCallback, decoder.finishCallback)
+            # The callback is our request's handleContentChunk, which takes a Payload.
+            deliver = cast("Callable[[Payload], None]", decoder.dataCallback)
+            self._transferDecoder = _Decoder(deliver, decoder.finishCallback)
         return ok
 
     def _respondToBadRequestAndDisconnect(self) -> None:
@@ -285,7 +310,7 @@ class PipeChannel(http.HTTPChannel):
             return  # already closing, gently
         super().loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._stop_header_deadline()

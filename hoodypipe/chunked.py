@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hoodypipe.frame import Payload
 
 MAX_SIZE_LINE = 1024  # a chunk-size line with extensions
 MAX_TRAILERS = 16 * 1024
@@ -29,7 +33,7 @@ class MalformedChunks(ValueError):
 class ChunkedDecoder:
     """Decode ``Transfer-Encoding: chunked`` (RFC 9112 section 7.1)."""
 
-    def __init__(self, dataCallback: Callable[[bytes], None], finishCallback: Callable[[bytes], None]) -> None:
+    def __init__(self, dataCallback: Callable[[Payload], None], finishCallback: Callable[[bytes], None]) -> None:
         self.dataCallback = dataCallback
         self.finishCallback = finishCallback
         self._state = _SIZE
@@ -106,6 +110,4 @@ class ChunkedDecoder:
 
     def noMoreData(self) -> None:
         if self._state != _DONE:
-            from twisted.web.http import _DataLoss
-
-            raise _DataLoss()
+            raise MalformedChunks("the body ended before its last chunk")

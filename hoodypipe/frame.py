@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypeAlias
 
 # What the body's decoder hands over for one socket read: bytes (a body with
 # a Content-Length), or the payload of every chunk in the read, not yet
 # copied (chunked.ChunkedDecoder).
 Piece: TypeAlias = bytes | memoryview
-Payload: TypeAlias = bytes | list[Piece]
+Payload: TypeAlias = bytes | Sequence[Piece]
 
 
 class Frame:
@@ -20,10 +21,10 @@ class Frame:
     bytes object (a single item is sent without another copy).
     """
 
-    __slots__ = ("pieces", "size", "_plain", "_chunked")
+    __slots__ = ("_chunked", "_plain", "pieces", "size")
 
     def __init__(self, data: Payload) -> None:
-        self.pieces: list[Piece] = data if isinstance(data, list) else [data]
+        self.pieces: Sequence[Piece] = [data] if isinstance(data, bytes) else data
         self.size = sum(len(p) for p in self.pieces)
         self._plain: bytes | None = None
         self._chunked: bytes | None = None

@@ -204,9 +204,10 @@ def socket_fileno(transport: object) -> int | None:
         fileno = getattr(transport, "fileno", None)
         if callable(fileno):
             try:
-                return fileno()
+                number: int = fileno()
             except (OSError, ValueError):
                 return None
+            return number
         transport = getattr(transport, "transport", None)
         if transport is None:
             return None

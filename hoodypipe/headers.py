@@ -118,9 +118,7 @@ class SenderHeaders:
         content_length = int(length) if length is not None and _LENGTH.match(length) else None
         disposition = _first(headers, b"Content-Disposition")
         passed = tuple(
-            (name, _strip_controls(value))
-            for name in PASSED_THROUGH
-            if (value := _first(headers, name)) is not None
+            (name, _strip_controls(value)) for name in PASSED_THROUGH if (value := _first(headers, name)) is not None
         )
         hint = _first(headers, b"X-Pipe-Size")
         size_hint = None
@@ -165,8 +163,8 @@ class SenderHeaders:
             kind = self.disposition.split(";", 1)[0].strip().lower()
             if kind != "inline" or not _inline_allowed(self.declared_type):
                 kind = "attachment"
-            name = sanitise_filename(sender_name) if sender_name else None
-            out.append((b"Content-Disposition", content_disposition(kind, name or None)))
+            shown = sanitise_filename(sender_name) if sender_name else None
+            out.append((b"Content-Disposition", content_disposition(kind, shown or None)))
         out.extend(self.passed)
         exposed = [name for name, _ in self.passed]
         if exposed:

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from hoodypipe import sse
 from hoodypipe.errors import HTTPError
@@ -34,9 +33,9 @@ from hoodypipe.pipes import State
 from hoodypipe.progress import Final, Meter, progress_event, snapshot, state_event, text_line
 
 if TYPE_CHECKING:
-    from twisted.web.iweb import IRequest
-
     from collections.abc import Callable
+
+    from twisted.web.server import Request
 
     from hoodypipe.pipes import Pipe
 
@@ -60,9 +59,7 @@ class HubLimits:
 class Spectator:
     """One open ``?progress`` stream (SSE or text)."""
 
-    def __init__(
-        self, hub: Hub, name: str, request: IRequest, kind: str, opened: float, follow: bool = False
-    ) -> None:
+    def __init__(self, hub: Hub, name: str, request: Request, kind: str, opened: float, follow: bool = False) -> None:
         self.hub = hub
         self.name = name
         self.request = request
@@ -292,8 +289,8 @@ class Hub:
         """Every ``--progress-interval``: sample meters, send figures, keep time."""
         self.ticks += 1
         now = self.clock.seconds()
-        for pipe, meter in self.meters.items():
-            meter.sample(now, pipe.bytes_transferred)
+        for streaming, meter in self.meters.items():
+            meter.sample(now, streaming.bytes_transferred)
         text_due = self.ticks % max(1, round(TEXT_SECONDS / self.limits.interval)) == 0
         beat_due = self.ticks % max(1, round(HEARTBEAT_SECONDS / self.limits.interval)) == 0
         for name, watch in list(self.watches.items()):
@@ -327,7 +324,7 @@ class Hub:
     # -- spectators coming and going ---------------------------------------------------
 
     def watch(
-        self, name: str, request: IRequest, kind: str, follow: bool = False, last_event_id: int | None = None
+        self, name: str, request: Request, kind: str, follow: bool = False, last_event_id: int | None = None
     ) -> Spectator:
         """Open a stream on ``name``; 429 past the caps."""
         watch = self.watches.get(name)

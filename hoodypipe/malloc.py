@@ -20,7 +20,7 @@ MMAP_THRESHOLD = 8 * 1024 * 1024
 TRIM_THRESHOLD = 32 * 1024 * 1024
 
 
-def _libc():
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
         return ctypes.CDLL(name) if name else None

@@ -13,6 +13,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from prometheus_client.metrics_core import Metric
+
     from hoodypipe.hub import Hub
     from hoodypipe.pipes import Registry
 
@@ -26,12 +30,14 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         transfers = CounterMetricFamily("hoodypipe_transfers", "Transfers ended, by outcome", labels=["outcome"])
         for outcome, count in sorted(self.pipes.outcomes.items()):
             transfers.add_metric([outcome], count)
         yield transfers
-        yield CounterMetricFamily("hoodypipe_relayed_bytes", "Bytes relayed by ended transfers", value=self.pipes.bytes_relayed)
+        yield CounterMetricFamily(
+            "hoodypipe_relayed_bytes", "Bytes relayed by ended transfers", value=self.pipes.bytes_relayed
+        )
         rejections = CounterMetricFamily("hoodypipe_rejections", "Requests refused, by status", labels=["status"])
         for code, count in sorted(self.pipes.rejections.items()):
             rejections.add_metric([str(code)], count)

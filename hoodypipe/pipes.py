@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from hoodypipe.errors import HTTPError
@@ -32,7 +32,7 @@ log = Logger()
 P = TypeVar("P", SenderParty, ReceiverParty)
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     IDLE = "idle"
     WAITING = "waiting"
     STREAMING = "streaming"

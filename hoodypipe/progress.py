@@ -6,9 +6,9 @@ side by side (``bytesTransferred``/``bytes``, ``eta``/``etaSec``, ...).
 
 from __future__ import annotations
 
-from collections import deque
 import json
-from datetime import datetime, timezone
+from collections import deque
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ SPEED_WINDOW = 5.0
 def rfc3339(seconds: float | None) -> str | None:
     if seconds is None:
         return None
-    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    stamp = datetime.fromtimestamp(seconds, tz=UTC)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -173,10 +173,16 @@ class Final:
     ids stay increasing while nobody watches.
     """
 
-    __slots__ = ("_state", "_progress", "_done", "_snapshot", "at", "done_id", "last_id")
+    __slots__ = ("_done", "_progress", "_snapshot", "_state", "at", "done_id", "last_id")
 
     def __init__(
-        self, state: dict, progress: dict, done: dict, snapshot: dict, at: float, done_id: int = 0
+        self,
+        state: dict[str, Any],
+        progress: dict[str, Any],
+        done: dict[str, Any],
+        snapshot: dict[str, Any],
+        at: float,
+        done_id: int = 0,
     ) -> None:
         self._state, self._progress, self._done, self._snapshot = map(_compact, (state, progress, done, snapshot))
         self.at = at
@@ -194,14 +200,30 @@ class Final:
             done_id=done_id,
         )
 
-    state = property(lambda self: json.loads(self._state))
-    progress = property(lambda self: json.loads(self._progress))
-    done = property(lambda self: json.loads(self._done))
-    snapshot = property(lambda self: json.loads(self._snapshot))
+    @property
+    def state(self) -> dict[str, Any]:
+        return _loads(self._state)
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        return _loads(self._progress)
+
+    @property
+    def done(self) -> dict[str, Any]:
+        return _loads(self._done)
+
+    @property
+    def snapshot(self) -> dict[str, Any]:
+        return _loads(self._snapshot)
 
 
-def _compact(data: dict) -> str:
+def _compact(data: dict[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"))
+
+
+def _loads(text: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(text)
+    return data
 
 
 def human_bytes(n: float) -> str:
@@ -233,7 +255,11 @@ def text_line(snap: dict[str, Any]) -> str:
             line += f" ({snap['reason']})"
         return line
     if state == "streaming":
-        total = f" of {human_bytes(snap['totalBytes'])} ({snap['percent']:.1f}%)" if snap.get("totalBytes") is not None else ""
+        total = (
+            f" of {human_bytes(snap['totalBytes'])} ({snap['percent']:.1f}%)"
+            if snap.get("totalBytes") is not None
+            else ""
+        )
         return (
             f"[streaming] {done}{total}, {snap['mbps']:.1f} MB/s, ETA {human_seconds(snap['eta'])}, "
             f"{snap['receivers']} receiver(s)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 # werkzeug (inside Klein) answers 500 to a Host that is no hostname.
 _HOSTNAME = re.compile(
@@ -54,7 +54,7 @@ def client_host(peer: str | None, forwarded_for: Iterable[bytes], proxies: froze
     return client
 
 
-def forwarded_secure(peer: str | None, forwarded_proto: list[bytes] | None, proxies: frozenset[str]) -> bool | None:
+def forwarded_secure(peer: str | None, forwarded_proto: Sequence[bytes] | None, proxies: frozenset[str]) -> bool | None:
     """``X-Forwarded-Proto`` from a trusted proxy: True for https, None if not said."""
     if not forwarded_proto or not trusted(peer, proxies):
         return None

@@ -23,9 +23,9 @@ from hoodypipe.sender import Sender
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
-    from hoodypipe.channel import PipeSite
+    from hoodypipe.channel import PipeChannel, PipeSite
     from hoodypipe.connection import Connection
-    from hoodypipe.relay import Payload
+    from hoodypipe.frame import Payload
 
 UPLOAD_METHODS = (b"PUT", b"POST")
 # The largest body a GET, HEAD or OPTIONS may carry (twisted.web buffers it).
@@ -42,11 +42,11 @@ class PipeRequest(server.Request):
 
     @property
     def connection(self) -> Connection:
-        return cast("Connection", self.channel)
+        return cast("PipeChannel", self.channel)
 
     @property
     def pipe_site(self) -> PipeSite:
-        return cast("PipeSite", self.channel.site)
+        return cast("PipeChannel", self.channel).site
 
     # -- who is asking -----------------------------------------------------------
 
@@ -75,7 +75,8 @@ class PipeRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         command, uri, version = self.connection.request_line()
         if command not in UPLOAD_METHODS and (length is not None and length <= MAX_OTHER_BODY):
-            return super().gotLength(length)
+            super().gotLength(length)
+            return
         # End of headers: method and target are still only on the channel.
         self.method, self.uri, self.clientproto = command, uri, version
         self.path = uri.split(b"?", 1)[0]
@@ -90,15 +91,17 @@ class PipeRequest(server.Request):
             # Nothing but an upload needs a body: twisted.web would store it.
             sender.refuse(HTTPError(413, "Request body too large: only PUT and POST carry a stream."))
 
-    def handleContentChunk(self, data: Payload) -> None:  # type: ignore[override]
+    def handleContentChunk(self, data: Payload) -> None:
         # ``data`` is bytes, or a list of memoryviews from chunked.ChunkedDecoder.
         if self.sender is None:
-            return super().handleContentChunk(data if isinstance(data, bytes) else b"".join(data))
+            super().handleContentChunk(data if isinstance(data, bytes) else b"".join(data))
+            return
         self.sender.chunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self.sender is None:
-            return super().requestReceived(command, path, version)
+            super().requestReceived(command, path, version)
+            return
         # The body is complete; the response is the sender's to finish.
         self.sender.body_complete()
 

@@ -35,9 +35,9 @@ if TYPE_CHECKING:
     from twisted.web.server import Request
 
     from hoodypipe.connection import Connection
+    from hoodypipe.frame import Payload
     from hoodypipe.hangup import HangupWatch
     from hoodypipe.pipes import Pipe, Registry
-    from hoodypipe.relay import Payload
 
 log = Logger()
 
@@ -52,7 +52,7 @@ DEFER_HEADER = b"X-Pipe-Defer-Response"
 _READ_ONLY_PAGES = {"health": b"GET, HEAD, OPTIONS", "metrics": b"GET, HEAD, OPTIONS"}
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     PENDING = "pending"
     ANSWERED = "answered"
     DRAINING = "draining"

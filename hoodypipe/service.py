@@ -25,8 +25,7 @@ from hoodypipe.pipes import Reason, State
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from twisted.internet.interfaces import IAddress, IListeningPort, IReactorCore, IReactorTime
-    from twisted.internet.protocol import Factory
+    from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory, IReactorTime
     from twisted.python.failure import Failure
 
     from hoodypipe.tap import Parts
@@ -54,13 +53,16 @@ class _Announced:
     """An endpoint that says when it listens, or that it cannot."""
 
     def __init__(
-        self, endpoint: IStreamServerEndpoint, listening: Callable[[IListeningPort], None], failed: Callable[[Failure], None]
+        self,
+        endpoint: IStreamServerEndpoint,
+        listening: Callable[[IListeningPort], None],
+        failed: Callable[[Failure], None],
     ) -> None:
         self.endpoint = endpoint
         self.listening = listening
         self.failed = failed
 
-    def listen(self, factory: Factory) -> defer.Deferred[IListeningPort]:
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         listening: defer.Deferred[IListeningPort] = self.endpoint.listen(factory)
 
         def told(port: IListeningPort) -> IListeningPort:
@@ -130,8 +132,7 @@ class PipeService(MultiService):
 
     def _cannot_listen(self, failure: Failure) -> None:
         log.failure("hoodypipe cannot listen", failure)
-        reactor: IReactorCore = self.reactor
-        reactor.callLater(0, reactor.stop)
+        self.reactor.callLater(0, self.reactor.stop)
 
     def _give_back_when_quiet(self) -> None:
         registry = self.parts.registry
@@ -155,7 +156,11 @@ class PipeService(MultiService):
             if pipe.state is State.WAITING:
                 pipe.fail(Reason.SHUTDOWN)
         if registry.streaming:
-            log.info("draining {count} transfer(s) for up to {seconds}s", count=registry.streaming, seconds=self.drain_timeout)
+            log.info(
+                "draining {count} transfer(s) for up to {seconds}s",
+                count=registry.streaming,
+                seconds=self.drain_timeout,
+            )
             yield within(registry.when_idle(), self.drain_timeout, self.reactor)
         for pipe in list(registry.pipes.values()):
             pipe.fail(Reason.SHUTDOWN)

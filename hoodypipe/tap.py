@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
@@ -17,10 +17,12 @@ from hoodypipe.service import PipeService
 from hoodypipe.web import PipeWeb
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from twisted.internet.interfaces import IReactorTime
 
 
-def _count(low: int, high: int | None = None):
+def _count(low: int, high: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -34,7 +36,7 @@ def _count(low: int, high: int | None = None):
     return parse
 
 
-def _seconds(low: float, high: float | None = None):
+def _seconds(low: float, high: float | None = None) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -54,17 +56,29 @@ class Options(usage.Options):
         "Relay HTTP streams from one sender to N receivers, with a live ?progress side channel. "
         "Serves http://0.0.0.0:8080 unless told otherwise."
     )
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["max-receivers", None, 256, "Largest n a pipe may ask for.", _count(1, 10000)],
         ["max-pending", None, 1000, "Pipes waiting for their parties, daemon-wide.", _count(1)],
         ["max-active", None, 1000, "Pipes streaming, daemon-wide.", _count(1)],
         ["max-connections-per-address", None, 256, "Open connections from one client address.", _count(1)],
         ["max-waiting-per-address", None, 100, "Parties waiting for their peers from one client address.", _count(1)],
-        ["wait-timeout", None, 300.0, "Seconds a party waits for its peers (per request: ?wait=).", _seconds(0.001, 3600)],
+        [
+            "wait-timeout",
+            None,
+            300.0,
+            "Seconds a party waits for its peers (per request: ?wait=).",
+            _seconds(0.001, 3600),
+        ],
         ["idle-timeout", None, 300.0, "Seconds without a byte moved before a transfer fails.", _seconds(0.001)],
         ["max-spectators", None, 50, "Streaming spectators per path.", _count(1)],
         ["max-watched-paths", None, 500, "Paths with spectators, daemon-wide.", _count(1)],
-        ["spectator-window", None, 300.0, "Seconds before a spectator stream is closed (clients reconnect).", _seconds(0.001)],
+        [
+            "spectator-window",
+            None,
+            300.0,
+            "Seconds before a spectator stream is closed (clients reconnect).",
+            _seconds(0.001),
+        ],
         ["progress-interval", None, 0.25, "Seconds between progress events.", _seconds(0.01, 60)],
         ["retain", None, 86400.0, "Seconds a finished transfer's final state stays readable.", _seconds(0)],
         ["drain-timeout", None, 60.0, "On SIGTERM, seconds streaming transfers may run on.", _seconds(0)],
@@ -78,7 +92,7 @@ class Options(usage.Options):
 
     def opt_listen(self, description: str) -> None:
         """Listen on this endpoint (repeatable), e.g. tcp:8080, unix:/run/hoodypipe.sock."""
-        from twisted.internet import reactor
+        from twisted.internet import reactor  # noqa: PLC0415 (only to parse; never installs one early)
 
         try:
             serverFromString(reactor, description)
@@ -127,7 +141,7 @@ def build(
 ) -> Parts:
     """Registry, hub, Klein app and site, wired the one way they are."""
     registry: Registry
-    hub = Hub(clock, lambda name: registry.pipes.get(name), hub_limits)
+    hub = Hub(clock, lambda name: registry.pipes.get(name), hub_limits)  # noqa: PLW0108 (bound later)
     registry = Registry(clock, limits, observer=hub)
     web = PipeWeb(registry, hub, clock)
     site = PipeSite(web.resource(), registry, clock, max_per_address=max_per_address, trusted_proxies=trusted_proxies)
@@ -136,7 +150,7 @@ def build(
 
 def makeService(config: Options, reactor: Any = None) -> PipeService:
     if reactor is None:
-        from twisted.internet import reactor as global_reactor
+        from twisted.internet import reactor as global_reactor  # noqa: PLC0415 (twistd has installed it)
 
         reactor = global_reactor
         # The daemon's own process only (never a test's): see malloc.py.

@@ -13,11 +13,13 @@ import re
 import secrets
 from importlib.resources import files
 from typing import Any
+from urllib.parse import unquote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.server import Request
 from werkzeug.routing import BaseConverter
 
 from hoodypipe import __version__
@@ -68,7 +70,7 @@ def choose_format(accept: bytes | None) -> str:
     return "sse"
 
 
-def base_url(request: IRequest) -> str:
+def base_url(request: Request) -> str:
     """The URL clients used to reach us, from a ``Host`` that looks like one."""
     scheme = "https" if request.isSecure() else "http"
     host = (request.getHeader(b"Host") or b"").decode("latin-1").strip()
@@ -121,11 +123,12 @@ class PipeWeb:
         package = os.path.dirname(os.path.abspath(__file__))
         self.built = rfc3339(os.path.getmtime(os.path.join(package, "__init__.py")))
 
-    def resource(self):
-        return self.app.resource()
+    def resource(self) -> IResource:
+        resource: IResource = self.app.resource()
+        return resource
 
     @app.route("/<everything:rest>", strict_slashes=False, merge_slashes=False)
-    def dispatch(self, request: IRequest, rest: str) -> Any:
+    def dispatch(self, request: Request, rest: str) -> Any:
         try:
             target = parse_target(request.uri)
             method = request.method.upper()
@@ -137,16 +140,16 @@ class PipeWeb:
 
     # -- answers ---------------------------------------------------------------------
 
-    def error(self, request: IRequest, error: HTTPError) -> bytes:
+    def error(self, request: Request, error: HTTPError) -> bytes:
         return refuse(request, error, self.registry.rejections)
 
-    def _json(self, request: IRequest, data: dict[str, Any]) -> bytes:
+    def _json(self, request: Request, data: dict[str, Any]) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"Access-Control-Allow-Origin", b"*")
         return json_body(data)
 
-    def _html(self, request: IRequest, template: str, **context: Any) -> bytes:
+    def _html(self, request: Request, template: str, **context: Any) -> bytes:
         nonce = secrets.token_urlsafe(16)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         request.setHeader(
@@ -163,7 +166,7 @@ class PipeWeb:
 
     # -- pages -------------------------------------------------------------------------
 
-    def page(self, request: IRequest, target: Target, method: bytes) -> Any:
+    def page(self, request: Request, target: Target, method: bytes) -> Any:
         page = target.page
         allowed = b"GET, HEAD, OPTIONS" if page in READ_ONLY_PAGES else b"GET, HEAD"
         if method not in allowed.split(b", "):
@@ -193,7 +196,7 @@ class PipeWeb:
         request.setHeader(b"Cache-Control", b"max-age=86400")
         return b""
 
-    def _health(self, request: IRequest) -> dict[str, Any]:
+    def _health(self, request: Request) -> dict[str, Any]:
         agent = request.getHeader(b"User-Agent")
         return {
             "status": "ok",
@@ -214,7 +217,7 @@ class PipeWeb:
 
     # -- a pipe name -------------------------------------------------------------------
 
-    def pipe(self, request: IRequest, target: Target, method: bytes) -> Any:
+    def pipe(self, request: Request, target: Target, method: bytes) -> Any:
         query = target.query
         name = target.name
         assert name is not None
@@ -238,7 +241,7 @@ class PipeWeb:
             return self._json(request, self.hub.snapshot(name))
         return self.receive(request, name, target)
 
-    def receive(self, request: IRequest, name: str, target: Target) -> Any:
+    def receive(self, request: Request, name: str, target: Target) -> Any:
         query = target.query
         if (request.getHeader(b"Service-Worker") or b"").lower() == b"script":
             raise HTTPError(400, "A pipe cannot be registered as a service worker.")
@@ -248,7 +251,7 @@ class PipeWeb:
         receiver.pipe = self.registry.add_receiver(name, receiver)
         return receiver.done
 
-    def progress(self, request: IRequest, name: str, fmt: str | None, follow: bool = False) -> Any:
+    def progress(self, request: Request, name: str, fmt: str | None, follow: bool = False) -> Any:
         if fmt is not None and fmt not in FORMATS.values():
             raise HTTPError(400, "Invalid format: use html, sse, json or text.")
         kind = fmt or choose_format(request.getHeader(b"Accept"))
@@ -287,15 +290,11 @@ class PipeWeb:
 
 
 def _display(name: str) -> str:
-    from urllib.parse import unquote
-
     return unquote(name, errors="replace")
 
 
 def _last_segment(name: str) -> str:
-    from urllib.parse import unquote
-
     return unquote(name.rstrip("/").rsplit("/", 1)[-1], errors="replace")
 
 
-__all__ = ["PipeWeb", "choose_format", "base_url", "json"]
+__all__ = ["PipeWeb", "base_url", "choose_format", "json"]

@@ -62,4 +62,11 @@ def test_no_other_module_touches_twisteds_privates():
         if path.name != "channel.py"
         for match in pattern.finditer(path.read_text())
     ]
+    private_import = re.compile(r"from twisted[\w.]* import [^\n]*\b_[A-Za-z]\w*")
+    offenders += [
+        f"{path.name}: {match.group(0)}"
+        for path in sorted(package.glob("*.py"))
+        if path.name != "channel.py"
+        for match in private_import.finditer(path.read_text())
+    ]
     assert offenders == []
