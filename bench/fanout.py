@@ -55,10 +55,11 @@ Examples:
 import argparse
 import asyncio
 import http.client
+import itertools
 import json
 import os
-import re
 import random
+import re
 import select
 import socket
 import struct
@@ -68,9 +69,20 @@ import time
 import uuid
 from datetime import datetime
 
-from _common import (argument_parser, HOST, PIPE_PREFIX, Child, cpu_seconds, default_twistd,
-                     exit_on_sigterm, raise_fd_limit, sample_rss,
-                     start_hoodypipe)
+from _common import (
+    HOST,
+    PIPE_PREFIX,
+    Child,
+    argument_parser,
+    cpu_seconds,
+    default_twistd,
+    exit_on_sigterm,
+    raise_fd_limit,
+    sample_rss,
+    start_hoodypipe,
+)
+
+from tests.support.httpwire import ResponseParser, request
 
 PATTERN_SIZE = 64 * 1024        # the per-pipe repeating pattern; also the largest chunk
 PACE_STEP = 0.05                # a paced sender writes every 50 ms
@@ -84,103 +96,6 @@ ELAPSED = re.compile(rb'"elapsed":([0-9.eE+-]+)')
 
 
 # --- HTTP client side (used by the client processes) ---------------------------
-
-class BadResponse(Exception):
-    pass
-
-
-class ResponseReader:
-    """Incremental parser of one HTTP/1.1 response.
-
-    Skips `100 Continue`, then hands the body to `on_body` in memoryview
-    pieces, undoing chunked framing (or by Content-Length, or up to the
-    close).  `status`, `headers` and `done` tell where it stands.
-    """
-
-    HEAD, SIZE, DATA, CRLF, TRAILER, LENGTH, CLOSE, DONE = range(8)
-
-    def __init__(self, on_body):
-        self.on_body = on_body
-        self.state = self.HEAD
-        self.pending = b""
-        self.remaining = 0
-        self.status = None
-        self.headers = {}
-
-    @property
-    def done(self):
-        return self.state == self.DONE
-
-    def feed(self, data):
-        if self.pending:
-            data, self.pending = self.pending + data, b""
-        view = memoryview(data)
-        pos, end = 0, len(data)
-        while pos < end and self.state != self.DONE:
-            state = self.state
-            if state in (self.DATA, self.LENGTH):
-                take = min(self.remaining, end - pos)
-                self.on_body(view[pos:pos + take])
-                pos += take
-                self.remaining -= take
-                if not self.remaining:
-                    self.state = self.CRLF if state == self.DATA else self.DONE
-            elif state == self.CLOSE:
-                self.on_body(view[pos:])
-                pos = end
-            elif state == self.CRLF:
-                if end - pos < 2:
-                    break
-                if data[pos:pos + 2] != b"\r\n":
-                    raise BadResponse("no CRLF after a chunk")
-                pos += 2
-                self.state = self.SIZE
-            else:
-                sep = b"\r\n\r\n" if state == self.HEAD else b"\r\n"
-                i = data.find(sep, pos)
-                if i < 0:
-                    if end - pos > 65536:
-                        raise BadResponse("line too long")
-                    break
-                line, pos = data[pos:i], i + len(sep)
-                if state == self.HEAD:
-                    self._head(line)
-                elif state == self.SIZE:
-                    size = int(line.split(b";")[0], 16)
-                    if size:
-                        self.remaining, self.state = size, self.DATA
-                    else:
-                        self.state = self.TRAILER
-                elif not line:  # the empty line after the trailers
-                    self.state = self.DONE
-        if pos < end and self.state != self.DONE:
-            self.pending = bytes(view[pos:])
-
-    def _head(self, head):
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-            raise BadResponse("bad status line %r" % lines[0][:80])
-        status = int(parts[1])
-        if status == 100:
-            return
-        self.status = status
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            self.headers[name.strip().lower()] = value.strip()
-        if b"chunked" in self.headers.get(b"transfer-encoding", b"").lower():
-            self.state = self.SIZE
-        elif b"content-length" in self.headers:
-            self.remaining = int(self.headers[b"content-length"])
-            self.state = self.LENGTH if self.remaining else self.DONE
-        else:
-            self.state = self.CLOSE
-
-    def closed(self):
-        """The connection closed: complete for a close-delimited body."""
-        if self.state == self.CLOSE:
-            self.state = self.DONE
-
 
 class Pattern:
     """The bytes a pipe carries: one random block per pipe, repeated."""
@@ -208,7 +123,7 @@ class Party(asyncio.Protocol):
     def __init__(self, request):
         self.request = request
         self.transport = None
-        self.reader = ResponseReader(self.body)
+        self.reader = ResponseParser()
         self.finished = asyncio.get_running_loop().create_future()
         self.error = None
         self.writable = asyncio.Event()
@@ -220,8 +135,9 @@ class Party(asyncio.Protocol):
 
     def data_received(self, data):
         try:
-            self.reader.feed(data)
-        except (BadResponse, ValueError) as e:
+            for piece in self.reader.feed(data):
+                self.body(piece)
+        except ValueError as e:  # httpwire.BadMessage
             self.fail("bad response: %s" % e)
             return
         if self.reader.done and not self.finished.done():
@@ -231,7 +147,7 @@ class Party(asyncio.Protocol):
         pass
 
     def connection_lost(self, exc):
-        self.reader.closed()
+        self.reader.eof()
         if not self.reader.done:
             self.fail("connection closed before the end of the response (%s)" % exc)
         elif not self.finished.done():
@@ -255,8 +171,7 @@ class Party(asyncio.Protocol):
 
 class Receiver(Party):
     def __init__(self, name, pattern):
-        super().__init__(b"GET %s%s HTTP/1.1\r\nHost: x\r\n\r\n"
-                         % (PIPE_PREFIX.encode(), name.encode()))
+        super().__init__(request("GET", PIPE_PREFIX + name))
         self.pattern = pattern
         self.received = 0
         self.started = asyncio.Event()
@@ -274,9 +189,7 @@ class Receiver(Party):
 
 class Sender(Party):
     def __init__(self, name, pattern, rate):
-        super().__init__(b"PUT %s%s HTTP/1.1\r\nHost: x\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n"
-                         % (PIPE_PREFIX.encode(), name.encode()))
+        super().__init__(request("PUT", PIPE_PREFIX + name, {"Transfer-Encoding": "chunked"}))
         self.pattern = pattern
         self.rate = rate
         self.sent = 0
@@ -327,17 +240,17 @@ async def load_role(cfg):
     """Paced transfers; commands: `stat` -> byte counts, `stop` -> end and verify."""
     loop = asyncio.get_running_loop()
     pipes = []
-    for i, name in enumerate(cfg["names"]):
+    for name in cfg["names"]:
         pattern = Pattern(name)
         _, receiver = await loop.create_connection(
-            lambda: Receiver(name, pattern), HOST, cfg["port"])
+            lambda name=name, pattern=pattern: Receiver(name, pattern), HOST, cfg["port"])
         _, sender = await loop.create_connection(
-            lambda: Sender(name, pattern, cfg["rate"]), HOST, cfg["port"])
+            lambda name=name, pattern=pattern: Sender(name, pattern, cfg["rate"]), HOST, cfg["port"])
         pipes.append((name, sender, receiver, loop.create_task(sender.pace())))
     try:
         await asyncio.wait_for(asyncio.gather(*(r.started.wait() for _, _, r, _ in pipes)),
                                30)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass  # reported with the results
     say({"ready": sum(r.started.is_set() for _, _, r, _ in pipes)})
     async for command in read_commands():
@@ -378,14 +291,12 @@ class Spectator:
 
     def __init__(self, name, pipe, index, recorder, gate, streaming_at):
         self.streaming_at = streaming_at
-        self.request = (b"GET %s%s?progress HTTP/1.1\r\nHost: x\r\n"
-                        b"Accept: text/event-stream\r\n\r\n"
-                        % (PIPE_PREFIX.encode(), name.encode()))
+        self.request = request("GET", PIPE_PREFIX + name + "?progress", {"Accept": "text/event-stream"})
         self.pipe = pipe
         self.index = index
         self.recorder = recorder
         self.gate = gate          # released when the greeting arrived
-        self.reader = ResponseReader(self.body)
+        self.reader = ResponseParser()
         self.sock = None
         self.error = None
         self.buffer = b""
@@ -427,8 +338,9 @@ class Spectator:
         else:
             self.recorder.unstamped += 1  # falls back to the read time
         try:
-            self.reader.feed(data)
-        except (BadResponse, ValueError) as e:
+            for piece in self.reader.feed(data):
+                self.body(piece)
+        except ValueError as e:  # httpwire.BadMessage
             self.fail("bad response: %s" % e)
             return
         if self.reader.status not in (None, 200):
@@ -529,7 +441,7 @@ async def spectators_role(cfg):
         for index in range(cfg["per_pipe"]):
             try:
                 await asyncio.wait_for(gate.acquire(), 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break  # streams not answered; reported as not ready
             spectator = Spectator(name, pipe, index, recorder, gate, streaming_at)
             spectators.append(spectator)
@@ -537,7 +449,7 @@ async def spectators_role(cfg):
     try:
         await asyncio.wait_for(asyncio.gather(*(s.greeted.wait() for s in spectators)),
                                30)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     say({"ready": sum(s.greeted.is_set() and s.error is None for s in spectators),
          "opened_in": time.monotonic() - t0,
@@ -568,7 +480,7 @@ async def spectators_role(cfg):
     gaps = []
     for s in spectators:
         inside = [t for t in s.arrivals if start <= t <= stop]
-        gaps.extend(round(b - a, 6) for a, b in zip(inside, inside[1:]))
+        gaps.extend(round(b - a, 6) for a, b in itertools.pairwise(inside))
     say({"streams": len(spectators),
          "errors": sorted({s.error for s in spectators if s.error})[:5],
          "failed_streams": sum(1 for s in spectators if s.error),

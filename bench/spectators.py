@@ -46,14 +46,31 @@ import termios
 import time
 import uuid
 
-from _common import (argument_parser, HOST, MIB, PIPE_PREFIX, TransferFailed, cpu_seconds,
-                     default_twistd, exit_on_sigterm, parse_size, pipe_url, rss_kib,
-                     sample_rss, start_hoodypipe, transfer)
+from _common import (
+    HOST,
+    MIB,
+    PIPE_PREFIX,
+    TransferFailed,
+    argument_parser,
+    cpu_seconds,
+    default_twistd,
+    exit_on_sigterm,
+    parse_size,
+    pipe_url,
+    rss_kib,
+    sample_rss,
+    start_hoodypipe,
+    transfer,
+)
+
+from tests.support.httpwire import BadMessage, request, status_code
 
 RATIO_TARGET = 0.95
 WARMUP_SIZE = 64 * MIB
-SPECTATOR_REQUEST = (b"GET " + PIPE_PREFIX.encode() + b"%s?progress HTTP/1.1\r\n"
-                     b"Host: x\r\nAccept: text/event-stream\r\n\r\n")
+
+
+def spectator_request(name):
+    return request("GET", PIPE_PREFIX + name + "?progress", {"Accept": "text/event-stream"})
 
 
 class SpectatorsRefused(Exception):
@@ -71,7 +88,7 @@ def open_stalled(port, name, count, rcvbuf, timeout=10.0):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             s.settimeout(timeout)
             s.connect((HOST, port))
-            s.sendall(SPECTATOR_REQUEST % name.encode())
+            s.sendall(spectator_request(name))
         waiting = {s.fileno(): s for s in socks}
         poller = select.poll()
         for fd in waiting:
@@ -83,10 +100,14 @@ def open_stalled(port, name, count, rcvbuf, timeout=10.0):
                 raise SpectatorsRefused("%d of %d spectators not answered after %.0f s"
                                         % (len(waiting), count, timeout))
             for fd, _ in poller.poll(left * 1000):
-                head = waiting[fd].recv(12, socket.MSG_PEEK)
-                if len(head) < 12 and head == b"HTTP/1.1 200"[:len(head)] and head:
+                head = waiting[fd].recv(13, socket.MSG_PEEK)
+                try:
+                    code = status_code(head) if head else 0
+                except BadMessage:
+                    code = 0
+                if code is None:
                     continue  # status line still arriving
-                if head != b"HTTP/1.1 200":
+                if code != 200:
                     raise SpectatorsRefused("a spectator got %r" % head)
                 poller.unregister(fd)
                 del waiting[fd]

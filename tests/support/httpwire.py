@@ -332,6 +332,10 @@ class ResponseParser:
         self._head = b""
 
     @property
+    def status(self) -> int | None:
+        return self.response.status if self.response is not None else None
+
+    @property
     def done(self) -> bool:
         return self.body is not None and self.body.done
 
