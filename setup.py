@@ -16,7 +16,8 @@ setup(
     install_requires=[
         "twisted[tls]>=24.7",
         "klein>=24.8",
-        "treq>=24.9",
+        # Klein's router; hoodypipe's catch-all route converter subclasses it.
+        "werkzeug>=3.0",
         "jinja2>=3.1",
         "prometheus-client>=0.20",
     ],
@@ -26,6 +27,13 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6",
             "playwright>=1.40",
+            "treq>=24.9",
+        ],
+        # The checks .ci/run makes before the tests (configured in pyproject.toml).
+        "lint": [
+            "ruff==0.17.6",
+            "mypy==2.4.1",
+            "mypy-zope==1.0.17",
         ],
     },
     zip_safe=False,
