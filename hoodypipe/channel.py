@@ -24,6 +24,7 @@ from twisted.web import http, server
 
 from hoodypipe.chunked import ChunkedDecoder, MalformedChunks
 from hoodypipe.errors import HTTPError
+from hoodypipe.fairshare import DEFAULT_IPV6_PREFIX, client_key
 from hoodypipe.hangup import hangup_watch, socket_fileno
 from hoodypipe.proxy import normal_address
 from hoodypipe.refusal import raw_refusal
@@ -49,7 +50,11 @@ TWISTED_PRIVATES: dict[str, tuple[str, ...]] = {
         "_respondToBadRequestAndDisconnect",
         "_networkProducer",
         "_log",
+        # Whether the transport's buffer is full (set by pauseProducing).
+        "_waitingForTransport",
     ),
+    # Bytes read and not parsed yet (the pipelined requests behind this one).
+    "twisted.protocols.basic.LineReceiver": ("_buffer",),
     "twisted.web.http": ("_ChunkedTransferDecoder", "_MalformedChunkedDataError"),
     # A closed transport's unsent buffers.
     "twisted.internet.abstract.FileDescriptor": ("_tempDataBuffer", "_tempDataLen"),
@@ -63,6 +68,9 @@ LINGER_SECONDS = 10.0
 # request's headers: a client trickling its headers is cut off here. A
 # transfer in flight is never touched by it.
 HEADER_TIMEOUT = 30.0
+# Requests a client may pipeline, each sent before the previous was answered;
+# the next one is refused and the connection closed.
+MAX_PIPELINED = 32
 
 _ASCII_UNSAFE = re.compile(rb"[^\x21-\x7e]")
 
@@ -95,6 +103,7 @@ class PipeSite(server.Site):
         clock: IReactorTime,
         max_per_address: int = 256,
         trusted_proxies: frozenset[str] = frozenset(),
+        ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
     ) -> None:
         # A form-typed POST would otherwise be parsed into memory.
         super().__init__(resource, requestFactory=PipeRequest, reactor=clock, parsePOSTFormSubmission=False)
@@ -106,6 +115,8 @@ class PipeSite(server.Site):
         # they carry many clients, so the connection cap does not apply to them.
         self.trusted_proxies = frozenset(a for a in map(normal_address, trusted_proxies) if a)
         self.by_address: dict[str, int] = {}
+        # Clients are counted by IPv6 prefix: one subscriber has a /64 of addresses.
+        self.ipv6_prefix = ipv6_prefix
         self.hangups = hangup_watch(clock)
         # twisted.web types Site.protocol as its own factory function.
         self.protocol = PipeChannel  # type: ignore[assignment,method-assign]
@@ -167,6 +178,10 @@ class PipeChannel(http.HTTPChannel):
     _address: str | None = None
     _saved_timeout: float | None = None
     _idle_suspended = False
+    # Parsing stopped because the client does not read our answers.
+    _held = False
+    _pipelined = 0
+    _refused_pipeline = False
 
     # -- connection.Connection ----------------------------------------------------
 
@@ -238,7 +253,7 @@ class PipeChannel(http.HTTPChannel):
         site = self.site
         site.channels.add(self)
         peer = getattr(self._transport().getPeer(), "host", None)
-        self._address = normal_address(peer) if peer else None
+        self._address = client_key(normal_address(peer) or peer, site.ipv6_prefix) if peer else None
         if self._address is not None and self._address not in site.trusted_proxies:
             count = site.by_address[self._address] = site.by_address.get(self._address, 0) + 1
             if count > site.max_per_address:
@@ -264,9 +279,21 @@ class PipeChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._stop_header_deadline()
+        # Bytes already waiting behind these headers: the client pipelines.
+        self._pipelined = self._pipelined + 1 if self._buffer else 0
+        if self._pipelined > MAX_PIPELINED and not self._refused_pipeline:
+            self._refused_pipeline = self.paused = True  # parse no further, answer this one no more
+            refusal = HTTPError(429, f"Too many pipelined requests (max {MAX_PIPELINED}).")
+            self.write_raw(raw_refusal(refusal, self.site.registry.rejections))
+            self._transport().loseConnection()
         super().allHeadersReceived()
 
     def requestDone(self, request: http.Request) -> None:
+        if self._waitingForTransport and self.persistent:
+            # The client is not reading what we answered: answer nothing more
+            # of what it pipelined until it does (twisted.web would go on
+            # answering into memory). Reading stays paused meanwhile.
+            self._held = self.paused = True
         super().requestDone(request)
         if self.site.closing:
             self.close_if_idle()
@@ -278,7 +305,7 @@ class PipeChannel(http.HTTPChannel):
             self.loseConnection()
 
     def allContentReceived(self) -> None:
-        if not self.requests:
+        if not self.requests or self._refused_pipeline:
             # The upload's response was finished (and the connection is
             # closing) before the rest of its body arrived.
             return
@@ -288,6 +315,13 @@ class PipeChannel(http.HTTPChannel):
         if self._linger is not None:
             return
         super().dataReceived(data)
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if self._held and not self._waitingForTransport and not self._handlingRequest:
+            # The client read its answers: go on with the requests it pipelined.
+            self._held = self.paused = False
+            super().dataReceived(b"")
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         ok: bool = super()._maybeChooseTransferDecoder(header, data)

@@ -28,7 +28,14 @@ class Download:
     client goes away first, and the canceller tells the pipe.
     """
 
-    def __init__(self, request: Request, party: PartyQuery, rejections: Rejections, last_segment: str = "") -> None:
+    def __init__(
+        self,
+        request: Request,
+        party: PartyQuery,
+        rejections: Rejections,
+        last_segment: str = "",
+        client: str | None = None,
+    ) -> None:
         self.request = request
         self.connection = cast("Connection", request.channel)
         self.n = party.n
@@ -38,7 +45,7 @@ class Download:
         self.last_segment = last_segment
         self.rejections = rejections
         self.pipe: Pipe | None = None
-        self.address: str | None = getattr(request.getClientAddress(), "host", None)
+        self.address = client
         self.gone = False
         self.done: Deferred[None] = Deferred(self._client_left)
 

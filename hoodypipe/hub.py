@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from hoodypipe import sse
 from hoodypipe.errors import HTTPError
+from hoodypipe.fairshare import Shares
 from hoodypipe.pipes import State
 from hoodypipe.progress import Final, Meter, progress_event, snapshot, state_event, text_line
 
@@ -44,6 +45,7 @@ log = Logger()
 HEARTBEAT_SECONDS = 15.0
 TEXT_SECONDS = 1.0
 MAX_RETAINED = 10_000
+RETRY_LATER = {b"Retry-After": b"30"}
 
 
 @dataclass
@@ -59,8 +61,18 @@ class HubLimits:
 class Spectator:
     """One open ``?progress`` stream (SSE or text)."""
 
-    def __init__(self, hub: Hub, name: str, request: Request, kind: str, opened: float, follow: bool = False) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        name: str,
+        request: Request,
+        kind: str,
+        opened: float,
+        follow: bool = False,
+        client: str | None = None,
+    ) -> None:
         self.hub = hub
+        self.client = client
         self.name = name
         self.request = request
         self.kind = kind  # "sse" or "text"
@@ -122,11 +134,14 @@ class Spectator:
 
 
 class Watch:
-    """The spectators of one name."""
+    """The spectators of one name, and whose share of the caps they hold."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_spectators: int, opener: str | None) -> None:
         self.spectators: list[Spectator] = []
         self.last_state: dict[str, Any] | None = None
+        # The client whose share of --max-watched-paths this name takes.
+        self.opener = opener
+        self.shares = Shares(max_spectators)
 
 
 def parse_last_event_id(value: bytes | None) -> int | None:
@@ -152,6 +167,7 @@ class Hub:
         self.watches: dict[str, Watch] = {}
         self.meters: dict[Pipe, Meter] = {}
         self.finals: OrderedDict[str, Final] = OrderedDict()
+        self.watched = Shares(self.limits.max_watched_paths)
         # The last event id of every name that is watched, live or retained
         # (a retained one also keeps it on its Final, for a shared store).
         self.last_ids: dict[str, int] = {}
@@ -324,22 +340,37 @@ class Hub:
     # -- spectators coming and going ---------------------------------------------------
 
     def watch(
-        self, name: str, request: Request, kind: str, follow: bool = False, last_event_id: int | None = None
+        self,
+        name: str,
+        request: Request,
+        kind: str,
+        follow: bool = False,
+        last_event_id: int | None = None,
+        client: str | None = None,
     ) -> Spectator:
-        """Open a stream on ``name``; 429 past the caps."""
+        """Open a stream on ``name``; 429 past the caps or past ``client``'s fair share of them."""
         watch = self.watches.get(name)
         if watch is None:
-            if len(self.watches) >= self.limits.max_watched_paths:
-                raise HTTPError(429, "Too many watched pipes on this server; try again later.", {b"Retry-After": b"30"})
-            watch = Watch()
-        elif len(watch.spectators) >= self.limits.max_spectators:
+            refused = self.watched.refusal(client)
+            if refused == "full":
+                raise HTTPError(429, "Too many watched pipes on this server; try again later.", RETRY_LATER)
+            if refused is not None:
+                raise HTTPError(429, "Too many watched pipes from your address; try again later.", RETRY_LATER)
+            watch = Watch(self.limits.max_spectators, client)
+        refused = watch.shares.refusal(client)
+        if refused == "full":
             raise HTTPError(
                 429,
                 f"Too many spectators on this pipe (max {self.limits.max_spectators}); try again later.",
-                {b"Retry-After": b"30"},
+                RETRY_LATER,
             )
-        self.watches[name] = watch
-        spectator = Spectator(self, name, request, kind, self.clock.seconds(), follow)
+        if refused is not None:
+            raise HTTPError(429, "Too many spectators from your address on this pipe; try again later.", RETRY_LATER)
+        if name not in self.watches:
+            self.watches[name] = watch
+            self.watched.take(client)
+        spectator = Spectator(self, name, request, kind, self.clock.seconds(), follow, client)
+        watch.shares.take(client)
         watch.spectators.append(spectator)
         request.registerProducer(spectator, True)
         self._greet(name, spectator, last_event_id)
@@ -382,8 +413,10 @@ class Hub:
         if watch is None or spectator not in watch.spectators:
             return
         watch.spectators.remove(spectator)
+        watch.shares.give(spectator.client)
         if not watch.spectators:
             del self.watches[spectator.name]
+            self.watched.give(watch.opener)
             self._forget_id(spectator.name)
 
     def close_all(self) -> None:

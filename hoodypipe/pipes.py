@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from hoodypipe.errors import HTTPError
+from hoodypipe.fairshare import Shares
 from hoodypipe.parties import Party, ReceiverParty, SenderParty
 from hoodypipe.refusal import Rejections
 from hoodypipe.relay import Relay, step_for
@@ -83,8 +84,12 @@ class Limits:
     max_pending: int = 1000
     max_active: int = 1000
     max_waiting_per_address: int = 100
+    max_active_per_address: int = 100
     wait_timeout: float = 300.0
     idle_timeout: float = 300.0
+    # A streaming transfer that moves less than this, on average over
+    # --idle-timeout, counts as idle: one byte every few minutes is no transfer.
+    min_rate: float = 64.0
 
 
 RETRY_AFTER = {b"Retry-After": b"5"}
@@ -93,10 +98,13 @@ RETRY_AFTER = {b"Retry-After": b"5"}
 class Pipe:
     """One name's transfer, from the first party to ``complete`` or ``failed``."""
 
-    def __init__(self, name: str, n: int, registry: Registry) -> None:
+    def __init__(self, name: str, n: int, registry: Registry, client: str | None = None) -> None:
         self.name = name
         self.n = n
         self.registry = registry
+        # Whose share of the caps this pipe takes: the client that opened it
+        # (while waiting), then its sender's (while streaming).
+        self.client = client
         self.clock = registry.clock
         self.state = State.IDLE
         self.history: list[tuple[State, float]] = []
@@ -116,6 +124,10 @@ class Pipe:
         self._idle_check: IDelayedCall | None = None
         self._idle_mark = 0
         self._idle_since = 0.0
+        self._rate_mark = 0
+        self._rate_since = 0.0
+        # Who took the slot of each cap, so that the same one is given back.
+        self.client_of: dict[State, str | None] = {}
         self._enter(State.WAITING)
 
     # -- what spectators read ------------------------------------------------
@@ -160,9 +172,10 @@ class Pipe:
         sender.say(f"Waiting for {self.n} receiver(s) to connect...")
         if self.receivers:
             sender.say(f"{len(self.receivers)} receiver(s) already connected.")
-        if len(self.receivers) == self.n and not self.registry.can_start():
+        refused = self.registry.why_not_start(sender) if len(self.receivers) == self.n else None
+        if refused is not None:
             self.sender = None
-            sender.end("Server at maximum active transfer capacity")
+            sender.end(refused)
             return
         self._wait(sender, sender.wait, self._sender_timed_out)
         self.registry.observer.changed(self)
@@ -173,8 +186,9 @@ class Pipe:
         if len(self.receivers) >= self.n:
             raise HTTPError(400, f"The pipe '{self.name}' already has {self.n} receiver(s).")
         starts = self.sender is not None and len(self.receivers) + 1 == self.n
-        if starts and not self.registry.can_start():
-            raise HTTPError(429, "Server at maximum active transfer capacity.", RETRY_AFTER)
+        refused = self.registry.why_not_start(self.sender) if starts and self.sender is not None else None
+        if refused is not None:
+            raise HTTPError(429, f"{refused}.", RETRY_AFTER)
         if not starts:
             self.registry.check_address(receiver)
         self.receivers.append(receiver)
@@ -230,12 +244,13 @@ class Pipe:
         self.streaming_at = self.clock.seconds()
         self.relay = Relay(self.sender, self.receivers)
         self.receivers = []
+        self.client = self.sender.address
         self._enter(State.STREAMING)
         log.info("transfer started: {name} to {n} receiver(s)", event="transfer_start", name=self.name, n=self.n)
         self.sender.say(f"Streaming to {self.n} receiver(s)...")
         for receiver in self.relay.receivers:
             receiver.begin(self.sender.headers)
-        self.relay.start(self._early, step_for(self.registry.streaming))
+        self.relay.start(self._early, step_for(self.registry.streaming_receivers))
         self._early = []
         self._schedule_idle_check()
         if self._upload_done:
@@ -345,7 +360,7 @@ class Pipe:
         # One timer per pipe compares the relay's activity counter, instead
         # of re-arming a timer for every chunk on the hot path; a stall is
         # caught within a quarter of the timeout after it is due.
-        self._idle_since = self.clock.seconds()
+        self._idle_since = self._rate_since = self.clock.seconds()
         self._idle_check = self.clock.callLater(self._idle_step(), self._check_idle)
 
     def _idle_step(self) -> float:
@@ -357,7 +372,13 @@ class Pipe:
         if self.relay.activity != self._idle_mark:
             self._idle_mark = self.relay.activity
             self._idle_since = now
-        if now - self._idle_since >= self.registry.limits.idle_timeout:
+        limits = self.registry.limits
+        too_slow = False
+        if now - self._rate_since >= limits.idle_timeout:
+            # A trickle keeps the activity counter moving: judge the rate too.
+            too_slow = self.relay.bytes - self._rate_mark < limits.min_rate * (now - self._rate_since)
+            self._rate_mark, self._rate_since = self.relay.bytes, now
+        if too_slow or now - self._idle_since >= limits.idle_timeout:
             self._idle_check = None
             self._fail(Reason.IDLE)
             return
@@ -388,8 +409,12 @@ class Registry:
         self.limits = limits or Limits()
         self.observer: PipeObserver = observer or _NoObserver()
         self.pipes: dict[str, Pipe] = {}
-        self.waiting = 0
-        self.streaming = 0
+        # Fair shares of the daemon-wide caps (see fairshare.py): pipes
+        # waiting for their parties, and transfers streaming, by client.
+        self.pending = Shares(self.limits.max_pending)
+        self.active = Shares(self.limits.max_active, per_client=self.limits.max_active_per_address)
+        # Receivers of the transfers streaming now: the step budget counts them.
+        self.streaming_receivers = 0
         self.shutting_down = False
         self._idle: list[Deferred[None]] = []
         # Read by the metrics at scrape time.
@@ -400,15 +425,28 @@ class Registry:
         # every pending slot.
         self.waiting_by_address: Counter[str] = Counter()
 
-    def _pipe_for(self, name: str, n: int) -> Pipe:
+    def _pipe_for(self, name: str, n: int, client: str | None) -> Pipe:
         if self.shutting_down:
             raise HTTPError(503, "Server is shutting down.")
         pipe = self.pipes.get(name)
         if pipe is None:
-            if self.waiting >= self.limits.max_pending:
+            refused = self.pending.refusal(client)
+            if refused == "full":
                 raise HTTPError(429, "Server at maximum pending pipe capacity.", RETRY_AFTER)
-            pipe = self.pipes[name] = Pipe(name, n, self)
+            if refused is not None:
+                raise HTTPError(429, "Too many waiting pipes from your address.", RETRY_AFTER)
+            pipe = self.pipes[name] = Pipe(name, n, self, client)
         return pipe
+
+    @property
+    def waiting(self) -> int:
+        """Pipes waiting for their parties."""
+        return self.pending.taken
+
+    @property
+    def streaming(self) -> int:
+        """Transfers streaming."""
+        return self.active.taken
 
     def add_sender(self, name: str, sender: SenderParty) -> Pipe:
         return self._join(name, sender, Pipe.add_sender)
@@ -417,7 +455,7 @@ class Registry:
         return self._join(name, receiver, Pipe.add_receiver)
 
     def _join(self, name: str, party: P, add: Callable[[Pipe, P], None]) -> Pipe:
-        pipe = self._pipe_for(name, party.n)
+        pipe = self._pipe_for(name, party.n, party.address)
         try:
             add(pipe, party)
         finally:
@@ -446,14 +484,28 @@ class Registry:
             if self.waiting_by_address[address] <= 0:
                 del self.waiting_by_address[address]
 
-    def can_start(self) -> bool:
-        return self.streaming < self.limits.max_active
+    def why_not_start(self, sender: SenderParty) -> str | None:
+        """Why a transfer from this sender may not start now, or None."""
+        refused = self.active.refusal(sender.address)
+        if refused == "full":
+            return "Server at maximum active transfer capacity"
+        if refused is not None:
+            return "Too many active transfers from your address"
+        return None
 
     def transition(self, pipe: Pipe) -> None:
         old = pipe.history[-2][0] if len(pipe.history) > 1 else State.IDLE
         new = pipe.state
-        self.waiting += (new is State.WAITING) - (old is State.WAITING)
-        self.streaming += (new is State.STREAMING) - (old is State.STREAMING)
+        for state, shares in ((State.WAITING, self.pending), (State.STREAMING, self.active)):
+            if old is state and new is not state:
+                shares.give(pipe.client_of[state])
+            elif new is state and old is not state:
+                pipe.client_of[state] = pipe.client
+                shares.take(pipe.client)
+        if new is State.STREAMING:
+            self.streaming_receivers += pipe.n
+        elif old is State.STREAMING:
+            self.streaming_receivers -= pipe.n
 
     def when_idle(self) -> Deferred[None]:
         """Fires once no transfer is streaming."""

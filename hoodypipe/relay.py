@@ -24,18 +24,20 @@ if TYPE_CHECKING:
 
 # The step: the size of the sender's socket reads and the high-water mark of
 # each receiver's transport buffer, so a transfer holds about one step plus
-# one step per receiver. Twisted's 64 KiB default costs a read, a write and
-# two epoll changes per 64 KiB; 1 MiB steps relay ~2x faster (see
-# docs/benchmarks.md). A daemon-wide budget shrinks the step as more
-# transfers stream at once, so memory stays bounded with a thousand of them.
+# one step per receiver (a receiver that stops reading keeps its step: its
+# transport joins what it could not send into one buffer of its own). Twisted's
+# 64 KiB default costs a read, a write and two epoll changes per 64 KiB; 1 MiB
+# steps relay ~2x faster (see docs/benchmarks.md). A daemon-wide budget,
+# shared by every receiver streaming, shrinks the step as receivers add up,
+# so memory stays bounded with a thousand transfers or one of n=256.
 MAX_STEP = 1024 * 1024
 MIN_STEP = 64 * 1024
-STEP_BUDGET = 64 * 1024 * 1024
+STEP_BUDGET = 32 * 1024 * 1024
 
 
-def step_for(streaming: int) -> int:
-    """The step of a transfer starting while ``streaming`` transfers stream."""
-    return max(MIN_STEP, min(MAX_STEP, STEP_BUDGET // max(1, streaming)))
+def step_for(receivers: int) -> int:
+    """The step of a transfer starting while ``receivers`` receivers stream (its own included)."""
+    return max(MIN_STEP, min(MAX_STEP, STEP_BUDGET // max(1, receivers)))
 
 
 @implementer(IPushProducer)

@@ -17,6 +17,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web import server
 
 from hoodypipe.errors import HTTPError
+from hoodypipe.fairshare import client_key
 from hoodypipe.proxy import clean_hostname, client_host, forwarded_secure
 from hoodypipe.sender import Sender
 
@@ -62,6 +63,10 @@ class PipeRequest(server.Request):
             return cast("IPv4Address | IPv6Address", peer)
         return (IPv6Address if ":" in host else IPv4Address)("TCP", host, 0)
 
+    def share_key(self) -> str | None:
+        """Whose share of the caps this request takes (see fairshare.client_key)."""
+        return client_key(getattr(self.getClientAddress(), "host", None), self.pipe_site.ipv6_prefix)
+
     def isSecure(self) -> bool:
         proto = self.requestHeaders.getRawHeaders(b"X-Forwarded-Proto")
         secure = forwarded_secure(self._peer_host(), proto, self.pipe_site.trusted_proxies)
@@ -83,8 +88,7 @@ class PipeRequest(server.Request):
         self.args = {}
         self.content = None
         site = self.pipe_site
-        address = getattr(self.getClientAddress(), "host", None)
-        sender = self.sender = Sender(self, self.connection, site.registry, site.hangups, length, address)
+        sender = self.sender = Sender(self, self.connection, site.registry, site.hangups, length, self.share_key())
         if command in UPLOAD_METHODS:
             sender.begin()
         else:
@@ -116,3 +120,8 @@ class PipeRequest(server.Request):
         super().connectionLost(reason)
         if self.sender is not None:
             self.sender.lost()
+
+
+def client_of(request: server.Request) -> str | None:
+    """The client of any request (None for one that is not ours: tests' stubs)."""
+    return request.share_key() if isinstance(request, PipeRequest) else None

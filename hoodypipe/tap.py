@@ -9,6 +9,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from hoodypipe.channel import PipeSite
+from hoodypipe.fairshare import DEFAULT_IPV6_PREFIX
 from hoodypipe.hub import Hub, HubLimits
 from hoodypipe.malloc import keep_buffers
 from hoodypipe.pipes import Limits, Registry
@@ -62,6 +63,21 @@ class Options(usage.Options):
         ["max-active", None, 1000, "Pipes streaming, daemon-wide.", _count(1)],
         ["max-connections-per-address", None, 256, "Open connections from one client address.", _count(1)],
         ["max-waiting-per-address", None, 100, "Parties waiting for their peers from one client address.", _count(1)],
+        ["max-active-per-address", None, 100, "Transfers streaming from one client address.", _count(1)],
+        [
+            "min-rate",
+            None,
+            64.0,
+            "Bytes per second a transfer must average over --idle-timeout, else it is idle (0: any byte will do).",
+            _seconds(0),
+        ],
+        [
+            "ipv6-prefix",
+            None,
+            64,
+            "IPv6 clients are counted by this prefix length for the per-address caps.",
+            _count(1, 128),
+        ],
         [
             "wait-timeout",
             None,
@@ -138,13 +154,21 @@ def build(
     hub_limits: HubLimits | None = None,
     max_per_address: int = 256,
     trusted_proxies: frozenset[str] = frozenset(),
+    ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
 ) -> Parts:
     """Registry, hub, Klein app and site, wired the one way they are."""
     registry: Registry
     hub = Hub(clock, lambda name: registry.pipes.get(name), hub_limits)  # noqa: PLW0108 (bound later)
     registry = Registry(clock, limits, observer=hub)
     web = PipeWeb(registry, hub, clock)
-    site = PipeSite(web.resource(), registry, clock, max_per_address=max_per_address, trusted_proxies=trusted_proxies)
+    site = PipeSite(
+        web.resource(),
+        registry,
+        clock,
+        max_per_address=max_per_address,
+        trusted_proxies=trusted_proxies,
+        ipv6_prefix=ipv6_prefix,
+    )
     return Parts(registry, hub, web, site)
 
 
@@ -162,6 +186,8 @@ def makeService(config: Options, reactor: Any = None) -> PipeService:
             max_pending=config["max-pending"],
             max_active=config["max-active"],
             max_waiting_per_address=config["max-waiting-per-address"],
+            max_active_per_address=config["max-active-per-address"],
+            min_rate=config["min-rate"],
             wait_timeout=config["wait-timeout"],
             idle_timeout=config["idle-timeout"],
         ),
@@ -174,6 +200,7 @@ def makeService(config: Options, reactor: Any = None) -> PipeService:
         ),
         max_per_address=config["max-connections-per-address"],
         trusted_proxies=frozenset(config["trusted-proxy"]),
+        ipv6_prefix=config["ipv6-prefix"],
     )
     endpoints = [serverFromString(reactor, description) for description in config["listen"]]
     return PipeService(reactor, parts, endpoints, config["drain-timeout"], config["port-file"])

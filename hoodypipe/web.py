@@ -31,6 +31,7 @@ from hoodypipe.names import PREFIX, PartyQuery, Target, parse_target
 from hoodypipe.pipes import Registry
 from hoodypipe.progress import rfc3339
 from hoodypipe.refusal import refuse
+from hoodypipe.request import client_of
 
 PIPE_METHODS = b"GET, POST, PUT, OPTIONS"
 # Health and metrics answer preflights too (status pages poll them).
@@ -247,7 +248,9 @@ class PipeWeb:
             raise HTTPError(400, "A pipe cannot be registered as a service worker.")
         limits = self.registry.limits
         party = PartyQuery.parse(query, limits.max_receivers, limits.wait_timeout)
-        receiver = Download(request, party, self.registry.rejections, last_segment=_last_segment(name))
+        receiver = Download(
+            request, party, self.registry.rejections, last_segment=_last_segment(name), client=client_of(request)
+        )
         receiver.pipe = self.registry.add_receiver(name, receiver)
         return receiver.done
 
@@ -285,7 +288,7 @@ class PipeWeb:
             request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         else:
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        spectator = self.hub.watch(name, request, kind, follow, last_event_id)
+        spectator = self.hub.watch(name, request, kind, follow, last_event_id, client_of(request))
         return spectator.done
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from hoodypipe.errors import HTTPError
 from hoodypipe.names import PartyQuery, Query
+from hoodypipe.pipes import Limits
 from hoodypipe.proxy import client_host, forwarded_secure, normal_address
 from hoodypipe.refusal import ERROR_HEADERS, Rejections, raw_refusal
 from hoodypipe.sender import PHASES, Phase
@@ -34,8 +35,9 @@ def test_a_senders_refusals_can_be_read_from_another_origin():
     d.registry.shutting_down = False
     assert_refusal(d.connect().request("PUT", "/x?n=0", b"data", ORIGIN).response(), 400)
     assert_refusal(d.connect().request("POST", "/x?n=0", b"data", ORIGIN).response(), 400)
-    d.registry.limits.max_pending = 0
-    assert_refusal(d.connect().request("PUT", "/y", b"data", ORIGIN).response(), 429)
+    full = MemoryDaemon(Limits(max_pending=1))
+    full.sender("/taken")
+    assert_refusal(full.connect().request("PUT", "/y", b"data", ORIGIN).response(), 429)
 
 
 def test_a_receivers_timeout_is_a_full_refusal():
@@ -57,8 +59,8 @@ def test_every_refusal_is_counted_once_by_status():
 
 
 def test_refusals_say_their_reason_phrase():
-    d = MemoryDaemon()
-    d.registry.limits.max_pending = 0
+    d = MemoryDaemon(Limits(max_pending=1))
+    d.sender("/taken")
     assert d.connect().request("PUT", "/x", b"data").raw.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
     raw = raw_refusal(HTTPError(429, "Slow down.", {b"Retry-After": b"5"}), Rejections())
     head, body = raw.split(b"\r\n\r\n")

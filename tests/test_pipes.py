@@ -183,7 +183,7 @@ def test_sender_lost_after_its_whole_body_still_completes():
 
 
 def test_idle_timeout_counts_from_the_last_activity():
-    reg, clock, observer = registry(idle_timeout=8)
+    reg, clock, observer = registry(idle_timeout=8, min_rate=0)  # no minimum rate: any byte counts
     pipe = reg.add_sender("x", sender := FakeSender())
     reg.add_receiver("x", receiver := FakeReceiver())
     for _ in range(5):
@@ -196,6 +196,28 @@ def test_idle_timeout_counts_from_the_last_activity():
     assert pipe.state is State.FAILED and pipe.reason == Reason.IDLE
     assert receiver.aborted and sender.ended == "Idle timeout"
     assert not clock.getDelayedCalls()
+
+
+def test_a_trickle_below_the_minimum_rate_is_idle():
+    reg, clock, _ = registry(idle_timeout=8, min_rate=1)  # 8 bytes per 8 s
+    pipe = reg.add_sender("x", sender := FakeSender())
+    reg.add_receiver("x", receiver := FakeReceiver())
+    for _ in range(3):
+        clock.pump([0.5] * 12)  # a byte every 6 s keeps the activity counter moving
+        if pipe.state is State.STREAMING:
+            pipe.data(b".")
+    assert pipe.state is State.FAILED and pipe.reason == Reason.IDLE
+    assert receiver.aborted and sender.ended == "Idle timeout"
+
+
+def test_a_transfer_at_the_minimum_rate_goes_on():
+    reg, clock, _ = registry(idle_timeout=8, min_rate=1)
+    pipe = reg.add_sender("x", FakeSender())
+    reg.add_receiver("x", FakeReceiver())
+    for _ in range(10):
+        clock.pump([0.5] * 4)
+        pipe.data(b"...")  # 3 bytes every 2 s: above the minimum of 1 per second
+    assert pipe.state is State.STREAMING
 
 
 def test_caps():

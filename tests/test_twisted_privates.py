@@ -29,7 +29,7 @@ def _channel_mid_request() -> http.HTTPChannel:
 def _holder(where: str) -> object:
     if where == "twisted.web.http.HTTPChannel instance":
         return _channel_mid_request()
-    if where == "twisted.web.http.HTTPChannel":
+    if where in ("twisted.web.http.HTTPChannel", "twisted.protocols.basic.LineReceiver"):
         return _channel_mid_request()
     if where == "twisted.internet.abstract.FileDescriptor":
         descriptor = abstract.FileDescriptor()

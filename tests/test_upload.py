@@ -162,10 +162,10 @@ def test_waiting_receiver_times_out_with_408():
 
 
 def test_idle_timeout_fails_a_stalled_transfer():
-    d = MemoryDaemon(Limits(idle_timeout=4))
+    d = MemoryDaemon(Limits(idle_timeout=4, min_rate=0))
     receiver = d.receiver("/idle")
     sender = d.sender("/idle")
-    for _ in range(10):  # a trickle keeps it alive
+    for _ in range(10):  # with no minimum rate, a trickle keeps it alive
         sender.chunk(b"x")
         d.clock.advance(3)
     assert not receiver.aborted
