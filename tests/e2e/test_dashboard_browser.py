@@ -26,8 +26,13 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("HOODYPIPE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 PHONE = {
@@ -78,11 +83,15 @@ class Problems:
         self.items: list[str] = []
 
     def watch(self, page) -> None:
-        page.on("console", lambda m: self.items.append(f"console.{m.type}: {m.text}")
-                if m.type in ("error", "warning") else None)
+        page.on(
+            "console",
+            lambda m: self.items.append(f"console.{m.type}: {m.text}") if m.type in ("error", "warning") else None,
+        )
         page.on("pageerror", lambda e: self.items.append(f"pageerror: {e}"))
-        page.on("requestfailed", lambda r: self.items.append(f"requestfailed: {r.url} {r.failure}")
-                if not _closed_stream(r) else None)
+        page.on(
+            "requestfailed",
+            lambda r: self.items.append(f"requestfailed: {r.url} {r.failure}") if not _closed_stream(r) else None,
+        )
 
 
 def _closed_stream(request) -> bool:
@@ -147,9 +156,7 @@ class Requests:
 
 
 def _state_is(page, state: str, timeout: float = 10000) -> None:
-    page.wait_for_function(
-        "s => document.getElementById('state').textContent === s", arg=state, timeout=timeout
-    )
+    page.wait_for_function("s => document.getElementById('state').textContent === s", arg=state, timeout=timeout)
 
 
 def _percent(page) -> float | None:
@@ -366,9 +373,7 @@ def test_one_tab_follows_two_transfers_and_keeps_each_final_line(browser, daemon
         assert "waiting" in timeline and "complete" not in timeline, timeline
         receiver = Receiver(daemon, name)
         _state_is(page, "streaming", 5000)
-        page.wait_for_function(
-            "() => parseFloat(document.getElementById('percent').textContent) >= 10", timeout=10000
-        )
+        page.wait_for_function("() => parseFloat(document.getElementById('percent').textContent) >= 10", timeout=10000)
         assert _fmt_bytes(second) in page.inner_text("#total"), page.inner_text("#total")
         _shot(page, "7-two-second-streaming")
 

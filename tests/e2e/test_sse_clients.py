@@ -39,7 +39,7 @@ from ._sidechannel import (
 )
 
 CLIENTS = Path(__file__).resolve().parent / "clients"
-NODE_MAJOR = 20  # eventsource 4.x needs node >= 20 (5.x would need >= 22.12)
+NODE_MAJOR = 18  # eventsource 3.x runs on Debian 12's node 18 (4.x needs >= 20, 5.x >= 22.12)
 ACCESS = re.compile(r'"GET (?P<target>\S+) HTTP/1\.[01]" (?P<status>\d{3}) ')
 
 
@@ -56,13 +56,13 @@ def node_clients() -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         _unavailable("node and npm are needed for the eventsource client tests (apt-get install nodejs npm)")
+    wanted = json.loads((CLIENTS / "package.json").read_text())["dependencies"]["eventsource"]
     version = subprocess.run(
         [node, "--version"], capture_output=True, text=True, timeout=30, check=False
     ).stdout.strip()
     match = re.match(r"v(\d+)\.", version)
     if not match or int(match.group(1)) < NODE_MAJOR:
-        _unavailable(f"node {version or '?'} is too old for eventsource 4 (needs >= {NODE_MAJOR})")
-    wanted = json.loads((CLIENTS / "package.json").read_text())["dependencies"]["eventsource"]
+        _unavailable(f"node {version or '?'} is too old for eventsource {wanted} (needs >= {NODE_MAJOR})")
     installed = CLIENTS / "node_modules" / "eventsource" / "package.json"
     if not installed.exists() or json.loads(installed.read_text())["version"] != wanted:
         done = subprocess.run(
