@@ -13,7 +13,11 @@ it, when a Twisted upgrade moves one.
 
 from __future__ import annotations
 
+import fcntl
 import re
+import socket
+import struct
+import termios
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
@@ -57,7 +61,7 @@ TWISTED_PRIVATES: dict[str, tuple[str, ...]] = {
     "twisted.protocols.basic.LineReceiver": ("_buffer",),
     "twisted.web.http": ("_ChunkedTransferDecoder", "_MalformedChunkedDataError"),
     # A closed transport's unsent buffers.
-    "twisted.internet.abstract.FileDescriptor": ("_tempDataBuffer", "_tempDataLen"),
+    "twisted.internet.abstract.FileDescriptor": ("_tempDataBuffer", "_tempDataLen", "offset"),
 }
 
 # How long a connection closed mid-upload keeps reading (and dropping) what
@@ -241,6 +245,32 @@ class PipeChannel(http.HTTPChannel):
 
     def close_after_response(self) -> None:
         self.persistent = False
+
+    def reset_on_close(self, reset: bool) -> None:
+        fd = self.fileno()
+        if fd is None:
+            return
+        try:
+            with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as handle:  # a dup of the same socket
+                handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", int(reset), 0))
+        except OSError:
+            pass  # a unix socket or a closed one: nothing to linger
+
+    def unacknowledged(self) -> int:
+        transport = self.transport
+        buffered = 0
+        if transport is not None and hasattr(transport, "_tempDataLen"):
+            held = cast(Any, transport)
+            buffered = int(len(held.dataBuffer) - held.offset + held._tempDataLen)
+        fd = self.fileno()
+        if fd is None:
+            return buffered
+        try:
+            # SIOCOUTQ (TIOCOUTQ on Linux): sent and not acknowledged, plus not sent.
+            queued: int = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            queued = 0
+        return buffered + max(0, queued)
 
     def _transport(self) -> _Socket:
         assert self.transport is not None

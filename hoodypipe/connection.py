@@ -61,3 +61,12 @@ class Connection(Protocol):
     def close_after_response(self) -> None:
         """No keep-alive after this response."""
         ...
+
+    def reset_on_close(self, reset: bool) -> None:
+        """Whether closing the socket (or the daemon dying) resets it (SO_LINGER 0)."""
+        ...
+
+    def unacknowledged(self) -> int:
+        """Bytes written and not yet acknowledged by the client's kernel: still
+        buffered here, plus the socket's send queue (0 where it cannot be told)."""
+        ...

@@ -47,6 +47,7 @@ class Download:
         self.pipe: Pipe | None = None
         self.address = client
         self.gone = False
+        self._reset_on_close = False
         self.done: Deferred[None] = Deferred(self._client_left)
 
     def _client_left(self, _: Deferred[None]) -> None:
@@ -66,6 +67,12 @@ class Download:
             request.responseHeaders.addRawHeader(name, value)
         # Send the status line and headers now, not with the first byte.
         request.write(b"")
+        # An HTTP/1.0 client of a stream of unknown length learns the end from
+        # the close: until the last byte, a close must be a reset (the kernel
+        # sends one if the daemon dies), never an end it could trust.
+        self._reset_on_close = not request.chunked and not request.responseHeaders.hasHeader(b"Content-Length")
+        if self._reset_on_close:
+            self.connection.reset_on_close(True)
 
     def write(self, frame: Frame) -> None:
         # Straight to the socket: the framing is done once per read for
@@ -76,11 +83,16 @@ class Download:
         self.connection.write_in(step)
         self.request.registerProducer(producer, True)
 
+    def unacknowledged(self) -> int:
+        return self.connection.unacknowledged()
+
     def finish(self) -> None:
         if self.gone:
             return
         if self.request.producer is not None:
             self.request.unregisterProducer()
+        if self._reset_on_close:
+            self.connection.reset_on_close(False)  # every byte is out: the close is the end
         self.request.finish()
         self._over()
 

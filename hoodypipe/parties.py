@@ -60,3 +60,7 @@ class ReceiverParty(Party, Protocol):
 
     def watch_flow(self, producer: IPushProducer, step: int) -> None:
         """Register ``producer`` to be paused while more than ``step`` bytes wait to be sent."""
+
+    def unacknowledged(self) -> int:
+        """Bytes written that the client's kernel has not acknowledged yet (0 if it cannot be told)."""
+        ...

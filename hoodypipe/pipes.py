@@ -93,6 +93,10 @@ class Limits:
 
 
 RETRY_AFTER = {b"Retry-After": b"5"}
+# How often the end of a transfer asks whether the receivers' kernels have
+# acknowledged every byte: soon, then less and less often.
+DELIVERY_POLL_FIRST = 0.002
+DELIVERY_POLL_MAX = 0.25
 
 
 class Pipe:
@@ -126,6 +130,9 @@ class Pipe:
         self._idle_since = 0.0
         self._rate_mark = 0
         self._rate_since = 0.0
+        self._delivery_check: IDelayedCall | None = None
+        self._delivery_poll = DELIVERY_POLL_FIRST / 2
+        self._unacknowledged = 2**63
         # Who took the slot of each cap, so that the same one is given back.
         self.client_of: dict[State, str | None] = {}
         self._enter(State.WAITING)
@@ -273,7 +280,30 @@ class Pipe:
         assert self.relay is not None
         if self.sender is not None:
             self.sender.say("Upload complete.")
-        self.relay.when_flushed(self._complete)
+        self.relay.when_flushed(self._await_delivery)
+
+    def _await_delivery(self) -> None:
+        """Say complete only once every receiver's kernel has acknowledged the
+        bytes (the transports have handed them all to the kernel by now).
+
+        A few polls of each receiver's send queue, then of the stragglers,
+        never longer apart than DELIVERY_POLL_MAX; progress of the queues counts
+        as activity, so a receiver that stops acknowledging meets the idle
+        timeout like any stalled transfer.
+        """
+        self._delivery_check = None
+        if self.state is not State.STREAMING:
+            return
+        assert self.relay is not None
+        unacknowledged = sum(receiver.unacknowledged() for receiver in self.relay.receivers)
+        if unacknowledged == 0:
+            self._complete()
+            return
+        if unacknowledged < self._unacknowledged:
+            self.relay.activity += 1
+        self._unacknowledged = unacknowledged
+        self._delivery_poll = min(self._delivery_poll * 2, DELIVERY_POLL_MAX)
+        self._delivery_check = self.clock.callLater(self._delivery_poll, self._await_delivery)
 
     def _complete(self) -> None:
         if self.state is not State.STREAMING:
@@ -385,9 +415,10 @@ class Pipe:
         self._idle_check = self.clock.callLater(self._idle_step(), self._check_idle)
 
     def _stop_idle_check(self) -> None:
-        if self._idle_check is not None and self._idle_check.active():
-            self._idle_check.cancel()
-        self._idle_check = None
+        for check in (self._idle_check, self._delivery_check):
+            if check is not None and check.active():
+                check.cancel()
+        self._idle_check = self._delivery_check = None
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 # so memory stays bounded with a thousand transfers or one of n=256.
 MAX_STEP = 1024 * 1024
 MIN_STEP = 64 * 1024
-STEP_BUDGET = 32 * 1024 * 1024
+STEP_BUDGET = 16 * 1024 * 1024
 
 
 def step_for(receivers: int) -> int:

@@ -10,6 +10,7 @@ drain is over.
 from __future__ import annotations
 
 import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -38,6 +39,17 @@ FLUSH_SECONDS = 5.0
 # How often to check whether transfers ended and nothing streams any more,
 # which is when free memory is handed back.
 TRIM_SECONDS = 5.0
+
+
+def ignore_hangups(reactor: Any) -> None:
+    """SIGHUP (a closed terminal, a log-rotation script) would kill the
+    daemon on the spot, cutting every transfer: it is logged and ignored.
+    SIGTERM and SIGINT drain; journald needs no reopened log file."""
+
+    def hung_up(signum: int, frame: object) -> None:
+        reactor.callFromThread(log.info, "SIGHUP ignored: stop hoodypipe with SIGTERM, which drains")
+
+    signal.signal(signal.SIGHUP, hung_up)
 
 
 def port_line(address: IAddress) -> str:

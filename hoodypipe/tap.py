@@ -14,7 +14,7 @@ from hoodypipe.hub import Hub, HubLimits
 from hoodypipe.malloc import keep_buffers
 from hoodypipe.pipes import Limits, Registry
 from hoodypipe.proxy import normal_address
-from hoodypipe.service import PipeService
+from hoodypipe.service import PipeService, ignore_hangups
 from hoodypipe.web import PipeWeb
 
 if TYPE_CHECKING:
@@ -179,6 +179,7 @@ def makeService(config: Options, reactor: Any = None) -> PipeService:
         reactor = global_reactor
         # The daemon's own process only (never a test's): see malloc.py.
         keep_buffers()
+        ignore_hangups(reactor)
     parts = build(
         reactor,
         Limits(

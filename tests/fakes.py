@@ -65,6 +65,12 @@ class FakeReceiver:
     def refuse(self, error: HTTPError) -> None:
         self.refused = error
 
+    # Bytes the fake client's kernel has not acknowledged: tests set it.
+    unacked = 0
+
+    def unacknowledged(self) -> int:
+        return self.unacked
+
     def watch_flow(self, producer: IPushProducer, step: int) -> None:
         assert IPushProducer.providedBy(producer)
         self.producer = producer

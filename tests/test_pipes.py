@@ -266,3 +266,48 @@ def test_the_step_shrinks_as_more_transfers_stream():
         assert sender.step == receiver.step
         steps.append(sender.step)
     assert steps[0] == MAX_STEP and steps[-1] < MAX_STEP and steps == sorted(steps, reverse=True)
+
+
+def test_complete_only_once_every_receivers_kernel_acknowledged_the_bytes():
+    reg, clock, _ = registry(idle_timeout=8)
+    pipe = reg.add_sender("x", sender := FakeSender(n=2))
+    first, second = FakeReceiver(n=2), FakeReceiver(n=2)
+    reg.add_receiver("x", first)
+    reg.add_receiver("x", second)
+    first.unacked, second.unacked = 1000, 5000  # still in their kernels' send queues
+    pipe.data(b"payload")
+    pipe.upload_complete()
+    assert pipe.state is State.STREAMING and sender.ended is False
+    first.unacked = 0
+    clock.advance(0.5)
+    assert pipe.state is State.STREAMING and not first.finished  # the other is not there yet
+    second.unacked = 0
+    clock.advance(0.25)
+    assert pipe.state is State.COMPLETE and first.finished and second.finished
+    assert sender.lines[-1] == "[INFO] Transfer complete."
+    assert not clock.getDelayedCalls()
+
+
+def test_a_receiver_lost_before_acknowledging_is_not_told_complete():
+    reg, clock, _ = registry(idle_timeout=8)
+    pipe = reg.add_sender("x", sender := FakeSender())
+    reg.add_receiver("x", receiver := FakeReceiver())
+    receiver.unacked = 4096
+    pipe.data(b"payload")
+    pipe.upload_complete()
+    clock.advance(0.1)
+    pipe.receiver_lost(receiver)  # killed with bytes unacknowledged
+    assert pipe.state is State.FAILED
+    assert sender.lines[-1] == "[ERROR] All receivers disconnected before transfer completed."
+
+
+def test_a_receiver_that_never_acknowledges_meets_the_idle_timeout():
+    reg, clock, _ = registry(idle_timeout=8)
+    pipe = reg.add_sender("x", sender := FakeSender())
+    reg.add_receiver("x", receiver := FakeReceiver())
+    receiver.unacked = 4096
+    pipe.data(b"payload")
+    pipe.upload_complete()
+    clock.pump([0.25] * 40)
+    assert pipe.state is State.FAILED and pipe.reason == Reason.IDLE and receiver.aborted
+    assert not clock.getDelayedCalls()
