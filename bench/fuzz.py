@@ -38,34 +38,37 @@ import re
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (HEALTH_PATH, HOST, default_twistd, exit_on_sigterm,  # noqa: E402
-                     raise_fd_limit, rss_kib, start_hoodypipe)
+from _common import HEALTH_PATH, HOST, default_twistd, exit_on_sigterm, raise_fd_limit, rss_kib, start_hoodypipe
 
-PREFIX = b"/api/v1/pipe/"
+from tests.support.fuzzgrammar import (
+    BAD_CHUNK_SIZES,
+    BAD_CHUNKED_BODIES,
+    BAD_LENGTHS,
+    BAD_TE,
+    ESCAPES,
+    HEADER_VALUES,
+    HOSTS,
+    METHODS,
+    PREFIX,
+    SPECIALS,
+    VERSIONS,
+    read_answers,
+)
+from tests.support.httpwire import request
+
 DAEMON_ARGS = [
     "--wait-timeout", "2", "--idle-timeout", "2",
     "--max-connections-per-address", "4096", "--max-waiting-per-address", "4096",
     "--max-pending", "4096", "--max-active", "4096", "--max-watched-paths", "4096",
 ]
-ERROR_BODY = re.compile(rb"\A\[ERROR\] [^\r\n]*\.\n\Z")
-HEADER_LINE = re.compile(rb"\A([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff]*)\Z")
-KNOWN_HEADERS = {
-    "access-control-allow-headers", "access-control-allow-methods", "access-control-allow-origin",
-    "access-control-expose-headers", "access-control-max-age", "allow", "cache-control", "connection",
-    "content-disposition", "content-length", "content-security-policy", "content-type", "date",
-    "referrer-policy", "retry-after", "server", "transfer-encoding", "vary", "x-accel-buffering",
-    "x-content-type-options", "x-hoody-pipe", "x-piping", "x-robots-tag",
-}
 LOG_ALARMS = re.compile(rb"Traceback|\[[^\]]*#critical\]|Unhandled [Ee]rror")
 
 
 # -- templates ----------------------------------------------------------------------------------
 
 def _req(method, target, headers=(), body=b"", version=b"HTTP/1.1"):
-    lines = [method + b" " + target + b" " + version, b"Host: 127.0.0.1"]
-    lines += list(headers)
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+    """A request; ``headers`` as b"Name: value" lines."""
+    return request(method, target, [h.split(b": ", 1) for h in headers], body, HOST, version)
 
 
 def _chunked(rng, body):
@@ -109,18 +112,6 @@ def templates(rng, name):
 
 
 # -- mutations ----------------------------------------------------------------------------------
-
-SPECIALS = [b"\r", b"\n", b"\r\n", b"\x00", b" ", b"\t", b":", b"%", b"\xff", b"\r\n\r\n", b"?", b"/", b";",
-            b"\\", b"%00", b"%2F", b"\x7f", b"\x80"]
-BAD_SIZES = [b"-1", b"ffffffffffffffffff", b"0x10", b" 5", b"5 ;ext=1", b"g", b"", b"1" * 30, b"+5", b"5\t",
-             b"0000000000000000000001", b"FFFFFFFF", b"7fffffffffffffff", b"\x00"]
-BAD_LENGTHS = [b"-1", b"1e3", b" 5", b"5, 5", b"99999999999999999999", b"+5", b"0x10", b"", b"5 6", b"\xff"]
-BAD_TE = [b"chunked, chunked", b"gzip, chunked", b"Chunked", b"identity", b"chunked;q=1", b"chunkedx", b"",
-          b" chunked", b"\tchunked"]
-METHODS = [b"get", b"PUT ", b"DELETE", b"PATCH", b"CONNECT", b"TRACE", b"PRI", b"G\x00T", b"", b"POST\x01",
-           b"X" * 300, b"M-SEARCH", b"PROPFIND"]
-VERSIONS = [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1x", b"", b"HTTP/0.9", b"http/1.1", b"HTTP/1.11", b"HTTP/1"]
-
 
 def _head_body(data):
     head, sep, body = data.partition(b"\r\n\r\n")
@@ -233,6 +224,32 @@ def m_target_bytes(rng, data):
     return _join(lines, sep, body)
 
 
+def m_escape(rng, data):
+    lines, sep, body = _lines(data)
+    parts = lines[0].split(b" ")
+    if len(parts) >= 2:
+        at = rng.randint(0, len(parts[1]))
+        parts[1] = parts[1][:at] + rng.choice(ESCAPES) + parts[1][at:]
+        lines[0] = b" ".join(parts)
+    return _join(lines, sep, body)
+
+
+def m_header_value(rng, data):
+    lines, sep, body = _lines(data)
+    if len(lines) < 2:
+        return data
+    i = rng.randrange(1, len(lines))
+    lines[i] += b"".join(rng.choice(HEADER_VALUES) for _ in range(rng.randint(1, 3)))
+    return _join(lines, sep, body)
+
+
+def m_host(rng, data):
+    lines, sep, body = _lines(data)
+    lines = [line for line in lines if not line.lower().startswith(b"host:")]
+    lines.insert(min(1, len(lines)), b"Host: " + rng.choice(HOSTS))
+    return _join(lines, sep, body)
+
+
 def m_both_lengths(rng, data):
     lines, sep, body = _lines(data)
     extra = [b"Content-Length: %d" % rng.randint(0, 100), b"Transfer-Encoding: chunked"]
@@ -263,14 +280,16 @@ def m_bad_chunk(rng, data):
         body = b"5\r\nhello\r\n0\r\n\r\n"
     sizes = [m.start() for m in re.finditer(rb"(?:^|\r\n)[0-9a-fA-F]+\r\n", body)]
     if not sizes:
-        return head + sep + rng.choice(BAD_SIZES) + b"\r\n" + body
+        return head + sep + rng.choice(BAD_CHUNK_SIZES) + b"\r\n" + body
     at = rng.choice(sizes)
     if body[at:at + 2] == b"\r\n":
         at += 2
     end = body.index(b"\r\n", at)
     kind = rng.random()
+    if kind < 0.1:
+        return head + sep + rng.choice(BAD_CHUNKED_BODIES)
     if kind < 0.5:
-        body = body[:at] + rng.choice(BAD_SIZES) + body[end:]
+        body = body[:at] + rng.choice(BAD_CHUNK_SIZES) + body[end:]
     elif kind < 0.75:  # a size that disagrees with the data that follows
         size = int(body[at:end], 16)
         body = body[:at] + b"%x" % max(0, size + rng.choice((-1, 1, 100))) + body[end:]
@@ -310,7 +329,8 @@ def m_repeat(rng, data):
 
 MUTATIONS = [m_flip, m_byte, m_insert, m_insert_head, m_delete, m_truncate, m_dup_header, m_many_headers,
              m_huge_header, m_huge_target, m_method, m_version, m_target_bytes, m_both_lengths, m_bad_length,
-             m_bad_te, m_bad_chunk, m_bad_chunk, m_obs_fold, m_no_colon, m_repeat, None]  # None: splice
+             m_bad_te, m_bad_chunk, m_bad_chunk, m_obs_fold, m_no_colon, m_repeat, m_escape, m_header_value,
+             m_host, None]  # None: splice
 
 
 def make_input(seed, index):
@@ -375,7 +395,7 @@ async def read_all(reader, seconds, limit=1 << 20):
                 end = "eof"
                 break
             data += more
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     except (ConnectionResetError, BrokenPipeError):
         end = "reset"
@@ -385,90 +405,17 @@ async def read_all(reader, seconds, limit=1 << 20):
 
 
 def judge(data, end, head_request=False, shutting_down=False):
-    """(status label, [anomaly (kind, detail)]) for what came back.
-
-    Pipelined requests get one answer each; nothing may follow an answer that
-    said ``Connection: close``. ``head_request``: the first request was a
-    HEAD, so its answer may have no body.
+    """(status label, [anomaly (kind, detail)]) for what came back, judged by
+    tests/support/fuzzgrammar.py: pipelined requests get one answer each, and
+    nothing may follow an answer that said ``Connection: close``.
+    ``head_request``: the first request was a HEAD, so its answer has no body.
     """
     if not data:
         return ("none" if end in ("eof", "timeout") else end), []
-    problems = []
-    finals = []
-    rest = data
-    closing = False
-    while rest:
-        head, sep, after = rest.partition(b"\r\n\r\n")
-        if closing:
-            problems.append(("a second answer after Connection: close",
-                             f"then {rest[:160]!r}; all: {data[:500]!r}"))
-            break
-        if not sep:
-            if not rest.startswith(b"HTTP/1."[:len(rest)]):
-                problems.append(("not HTTP", repr(rest[:160])))
-            break
-        lines = head.split(b"\r\n")
-        m = re.match(rb"HTTP/1\.[01] (\d{3})(?: |$)", lines[0])
-        if not m:
-            problems.append(("not HTTP", repr(lines[0][:160])))
-            break
-        code = int(m.group(1))
-        headers = {}
-        for line in lines[1:]:
-            hm = HEADER_LINE.match(line)
-            if not hm:
-                problems.append(("bad response header line", repr(line[:200])))
-                continue
-            key = hm.group(1).decode().lower()
-            if key not in KNOWN_HEADERS:
-                problems.append(("unknown response header", repr(line[:200])))
-            headers[key] = hm.group(2)
-        if code >= 500 and not (code == 503 and shutting_down):
-            problems.append((f"HTTP {code}", repr(head[:200])))
-        if 100 <= code < 200:
-            rest = after
-            continue
-        finals.append(code)
-        closing = headers.get("connection", b"").lower() == b"close"
-        if code in (204, 304) or (head_request and len(finals) == 1 and (not after or after.startswith(b"HTTP/1."))):
-            rest = after
-            continue
-        length = headers.get("content-length")
-        if length is not None and length.isdigit():
-            body, rest = after[:int(length)], after[int(length):]
-            complete = len(body) == int(length)
-        elif headers.get("transfer-encoding", b"").lower() == b"chunked":
-            body, rest, complete = _dechunk(after)
-        else:
-            body, rest, complete = after, b"", end == "eof"
-        if code >= 400 and complete:
-            if not headers.get("content-type"):
-                problems.append(("error without Content-Type", repr((head[:80], body[:120]))))
-            elif headers["content-type"].startswith(b"text/plain") and not ERROR_BODY.match(body):
-                problems.append(("error body not one [ERROR] line", repr(body[:200])))
-        if not complete:
-            break
+    answers, problems = read_answers(data, closed=end == "eof", head_first=head_request,
+                                     shutting_down=shutting_down)
+    finals = [a.status for a in answers if not 100 <= a.status < 200]
     return (finals[0] if finals else "none"), problems
-
-
-def _dechunk(data):
-    body, pos = b"", 0
-    while True:
-        eol = data.find(b"\r\n", pos)
-        if eol < 0:
-            return body, b"", False
-        try:
-            size = int(data[pos:eol].split(b";")[0], 16)
-        except ValueError:
-            return body, b"", False
-        start = eol + 2
-        if size == 0:
-            end = data.find(b"\r\n\r\n", eol)
-            return body, (data[end + 4:] if end >= 0 else b""), True
-        if len(data) < start + size + 2:
-            return body + data[start:], b"", False
-        body += data[start:start + size]
-        pos = start + size + 2
 
 
 async def one_input(port, seed, index, stats, save_dir):
@@ -489,7 +436,7 @@ async def one_input(port, seed, index, stats, save_dir):
         pieces = []
         cuts = sorted(rng.randint(0, len(data)) for _ in range(plan["fragments"] - 1))
         last = 0
-        for cut in cuts + [len(data)]:
+        for cut in [*cuts, len(data)]:
             pieces.append(data[last:cut])
             last = cut
         for i, piece in enumerate(pieces):
@@ -498,7 +445,7 @@ async def one_input(port, seed, index, stats, save_dir):
             writer.write(piece)
             try:
                 await asyncio.wait_for(writer.drain(), 2)
-            except (asyncio.TimeoutError, ConnectionError, OSError):
+            except (TimeoutError, ConnectionError, OSError):
                 break
         if plan["half_close"] and writer.can_write_eof():
             try:
@@ -536,11 +483,9 @@ async def http_get(port, path, timeout=5.0):
         data, _ = await read_all(reader, timeout)
     finally:
         writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    m = re.match(rb"HTTP/1\.[01] (\d{3})", head)
-    if b"\r\ntransfer-encoding: chunked" in head.lower():
-        body = _dechunk(body)[0]
-    return (int(m.group(1)) if m else None), body
+    answers, _ = read_answers(data, closed=True)
+    final = next((a for a in answers if a.status >= 200), None)
+    return (final.status, final.body) if final else (None, b"")
 
 
 def _normal(alarm):
@@ -599,7 +544,7 @@ async def run(args):
             # At most --concurrency inputs in flight.
             sem = asyncio.Semaphore(args.concurrency)
 
-            async def guarded(coro):
+            async def guarded(coro, sem=sem):
                 async with sem:
                     try:
                         await coro
@@ -617,7 +562,7 @@ async def run(args):
                 code, body = await http_get(port, HEALTH_PATH.encode())
                 if code != 200 or json.loads(body).get("status") != "ok":
                     stats.anomaly("health", f"{code} {body[:200]!r}", save_dir, args.seed, index, b"")
-            except (OSError, asyncio.TimeoutError, ValueError) as error:
+            except (TimeoutError, OSError, ValueError) as error:
                 stats.anomaly("health", repr(error), save_dir, args.seed, index, b"")
             for alarm in logwatch.new_alarms():
                 traceback_kinds[alarm] += 1
@@ -678,7 +623,7 @@ def main():
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
     if args.show is not None:
-        _, name, label, applied, data, plan = make_input(args.seed, args.show)
+        _, _name, label, applied, data, plan = make_input(args.seed, args.show)
         print(f"{label} {applied} {plan}\n{data[:4000]!r}")
         return 0
     exit_on_sigterm()

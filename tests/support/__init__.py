@@ -2,5 +2,7 @@
 sys.path, so ``python bench/x.py`` imports it from the checkout).
 
 - ``httpwire``: HTTP/1.1 by hand: requests, response heads, bodies (chunked decoding that knows
-  whether the last chunk came), a blocking client connection.
+  whether the last chunk came), a blocking client connection;
+- ``fuzzgrammar``: what the fuzzers send and what every answer must look like (one copy for
+  tests/e2e/test_fuzz.py and bench/fuzz.py).
 """

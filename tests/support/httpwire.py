@@ -398,22 +398,30 @@ class Connection:
     reset, timeout) before what it waits for.
     """
 
-    def __init__(
-        self, host: str, port: int, timeout: float | None = 10, rcvbuf: int | None = None, connect: bool = True
-    ) -> None:
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:  # before connect(), so that the window is small from the start
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
+    def __init__(self, host: str, port: int, timeout: float | None = 10, rcvbuf: int | None = None) -> None:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if rcvbuf is not None:  # before connect(), so that the window is small from the start
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        self._adopt(sock)
+
+    @classmethod
+    def over(cls, sock: socket.socket) -> Connection:
+        """A Connection on a socket that is already connected."""
+        conn = cls.__new__(cls)
+        conn._adopt(sock)
+        return conn
+
+    def _adopt(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.buffer = bytearray()
         self._parser: ResponseParser | None = None
         self._pieces: deque[bytes] = deque()
-        if connect:
-            try:
-                self.sock.connect((host, port))
-            except BaseException:
-                self.sock.close()
-                raise
 
     def __enter__(self) -> Connection:
         return self
@@ -507,13 +515,16 @@ class Connection:
                 raise
             self._feed()
 
+    @property
+    def ended(self) -> bool:
+        """The body whose head was read has ended, as its framing says or (unframed) at the close."""
+        return self._parser is not None and self._parser.done
+
     def read_response(self, method: str = "GET") -> Response:
         """The next final response, body and all (an unframed body: up to the close)."""
         response = self.read_head(method)
         body: list[bytes] = []
-        response.complete = self.read_body(lambda piece: body.append(piece) or True) or (
-            self._parser is not None and self._parser.done
-        )
+        response.complete = self.read_body(lambda piece: body.append(piece) or True) or self.ended
         response.body = b"".join(body)
         return response
 
