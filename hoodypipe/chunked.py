@@ -21,7 +21,21 @@ if TYPE_CHECKING:
 
 MAX_SIZE_LINE = 1024  # a chunk-size line with extensions
 MAX_TRAILERS = 16 * 1024
-_HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
+# RFC 9112 section 7.1: chunk-size [ chunk-ext ] CRLF, where
+#   chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )
+#   ext-val   = token / quoted-string
+# so whitespace may come only before a ";" (never after a bare size), and no
+# CR, LF or NUL may hide inside an extension: a front end that reads such a
+# line otherwise would see another body than ours.
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_SIZE_LINE = re.compile(
+    rb"([0-9a-fA-F]{1,16})(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
+)
+# A trailer line is a header field (RFC 9112 section 7.1.2, 5): a name, a
+# colon with nothing before it, a value of visible characters and blanks. A
+# request that follows a body without its end is not one.
+_TRAILER_FIELD = re.compile(_TOKEN + rb":[\t\x20-\x7e\x80-\xff]*")
 
 _SIZE, _BODY, _CRLF, _TRAILER, _DONE = range(5)
 
@@ -75,11 +89,11 @@ class ChunkedDecoder:
                             raise MalformedChunks("chunk-size line too long")
                         self._tail = data[pos:]
                         return
-                    size = data[pos:eol].split(b";", 1)[0].rstrip(b" \t")
-                    if not _HEX.fullmatch(size):
-                        raise MalformedChunks("bad chunk size")
+                    line = _SIZE_LINE.fullmatch(data, pos, eol)
+                    if line is None:
+                        raise MalformedChunks("bad chunk size or extension")
                     pos = eol + 2
-                    self._left = int(size, 16)
+                    self._left = int(line.group(1), 16)
                     self._state = _BODY if self._left else _TRAILER
                 else:  # _TRAILER: header lines until an empty one
                     eol = data.find(b"\r\n", pos)
@@ -97,6 +111,8 @@ class ChunkedDecoder:
                     self._trailers += eol + 2 - pos
                     if self._trailers > MAX_TRAILERS:
                         raise MalformedChunks("trailers too long")
+                    if _TRAILER_FIELD.fullmatch(data, pos, eol) is None:
+                        raise MalformedChunks("a trailer line that is not a header field")
                     pos = eol + 2
         finally:
             # Whatever payload this read held goes on, even before an error.
