@@ -9,7 +9,6 @@ sender is already connected".
 from __future__ import annotations
 
 import socket
-import struct
 import time
 
 import pytest
@@ -25,8 +24,7 @@ GIVE_UP = 5.0
 
 def put_head(name: str) -> bytes:
     return (
-        f"PUT /api/v1/pipe/{name} HTTP/1.1\r\nHost: pipe.test\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n"
+        f"PUT /api/v1/pipe/{name} HTTP/1.1\r\nHost: pipe.test\r\nTransfer-Encoding: chunked\r\n\r\n"
     ).encode() + b"5\r\nfirst\r\n"
 
 
@@ -36,22 +34,19 @@ def open_sender(daemon, name: str, body: bytes = b"") -> tuple[int, RawConnectio
     conn = RawConnection(daemon)
     try:
         conn.send(put_head(name) + body)
-        while b"\r\n\r\n" not in conn.buffer:
-            conn._more()
-        code = int(conn.buffer.split(b" ", 2)[1])
+        code = conn.read_head("PUT").status
         if code == 200:
-            while WAITING not in conn.buffer:
-                conn._more()
+            said = bytearray()
+
+            def until_waiting(piece: bytes) -> bool:
+                said.extend(piece)
+                return WAITING not in said
+
+            conn.read_body(until_waiting)
         return code, conn
     except BaseException:
         conn.close()
         raise
-
-
-def reset(conn: RawConnection) -> None:
-    """Close with an RST instead of a FIN."""
-    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    conn.close()
 
 
 def accepted_after(daemon, name: str, closed_at: float) -> tuple[float, int]:
@@ -76,7 +71,7 @@ def accepted_after(daemon, name: str, closed_at: float) -> tuple[float, int]:
     "leave, body",
     [
         pytest.param(RawConnection.close, b"", id="close"),
-        pytest.param(reset, b"", id="reset"),
+        pytest.param(RawConnection.reset, b"", id="reset"),
         pytest.param(RawConnection.close, b"0\r\n\r\n", id="close-after-whole-body"),
     ],
 )
