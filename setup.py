@@ -20,6 +20,8 @@ setup(
         "werkzeug>=3.0",
         "jinja2>=3.1",
         "prometheus-client>=0.20",
+        # Twisted-native Redis client, for --store redis:// (see hoodypipe/store.py).
+        "txredisapi>=1.6",
     ],
     extras_require={
         "test": [

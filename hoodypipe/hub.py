@@ -17,7 +17,6 @@ after its ``done``; a reconnect that has seen the latest ``done`` gets 204
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from hoodypipe.errors import HTTPError
 from hoodypipe.fairshare import Shares
 from hoodypipe.pipes import State
 from hoodypipe.progress import Final, Meter, progress_event, snapshot, state_event, text_line
+from hoodypipe.store import MAX_RETAINED, MemoryStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,12 +39,12 @@ if TYPE_CHECKING:
     from twisted.web.server import Request
 
     from hoodypipe.pipes import Pipe
+    from hoodypipe.store import FinalStore
 
 log = Logger()
 
 HEARTBEAT_SECONDS = 15.0
 TEXT_SECONDS = 1.0
-MAX_RETAINED = 10_000
 RETRY_LATER = {b"Retry-After": b"30"}
 
 
@@ -158,7 +158,11 @@ class Hub:
     """Feeds ``?progress`` streams and answers ``?status`` for every name."""
 
     def __init__(
-        self, clock: IReactorTime, lookup: Callable[[str], Pipe | None], limits: HubLimits | None = None
+        self,
+        clock: IReactorTime,
+        lookup: Callable[[str], Pipe | None],
+        limits: HubLimits | None = None,
+        store: FinalStore | None = None,
     ) -> None:
         self.clock = clock
         # The live pipe of a name (Registry.pipes.get): the hub only reads it.
@@ -166,7 +170,10 @@ class Hub:
         self.limits = limits or HubLimits()
         self.watches: dict[str, Watch] = {}
         self.meters: dict[Pipe, Meter] = {}
-        self.finals: OrderedDict[str, Final] = OrderedDict()
+        # Finals this process keeps (synchronous), and where they are shared:
+        # the same MemoryStore on one box, Redis in a cluster (see store.py).
+        self.finals = MemoryStore(clock, self.limits.retain, MAX_RETAINED, on_drop=self._forget_id)
+        self.store: FinalStore = store or self.finals
         self.watched = Shares(self.limits.max_watched_paths)
         # The last event id of every name that is watched, live or retained
         # (a retained one also keeps it on its Final, for a shared store).
@@ -192,12 +199,20 @@ class Hub:
         return self._lookup(name)
 
     def final(self, name: str) -> Final | None:
-        record = self.finals.get(name)
-        if record is not None and self.clock.seconds() - record.at > self.limits.retain:
-            del self.finals[name]
-            self._forget_id(name)
-            return None
-        return record
+        return self.finals.peek(name)
+
+    def needs_recall(self, name: str) -> bool:
+        """Whether only the shared store may know how ``name``'s last transfer ended."""
+        return self.store is not self.finals and self.live(name) is None and self.finals.peek(name) is None
+
+    def recall(self, name: str) -> Deferred[None]:
+        """Bring ``name``'s final state from the shared store into memory, if it has one."""
+
+        def got(record: Final | None) -> None:
+            if record is not None:
+                self.finals.adopt(name, record)
+
+        return self.store.get(name).addCallback(got)
 
     def snapshot(self, name: str) -> dict[str, Any]:
         pipe = self.live(name)
@@ -230,10 +245,9 @@ class Hub:
         # the lower ids; D is the done's id, watched or not.
         first_ids = (self.next_id(pipe.name), self.next_id(pipe.name)) if broadcast else None
         record = Final.of(pipe, meter, self.clock.seconds(), done_id=self.next_id(pipe.name))
-        self.finals[pipe.name] = record
-        self.finals.move_to_end(pipe.name)
-        while len(self.finals) > MAX_RETAINED:
-            self._forget_id(self.finals.popitem(last=False)[0])
+        self.finals.put(pipe.name, record)
+        if self.store is not self.finals:
+            self.store.put(pipe.name, record)
         if watch is not None and first_ids is not None:
             self._send_final(pipe.name, watch, record, first_ids)
 
@@ -243,7 +257,7 @@ class Hub:
         """A fresh event id for ``name``: above all its earlier ones, and at
         least the Unix time in microseconds, so a restart (which forgets the
         last id unless it was retained) still goes upwards."""
-        record = self.finals.get(name)
+        record = self.finals.peek(name)
         last = max(self.last_ids.get(name, 0), record.last_id if record else 0)
         new = max(last + 1, int(self.clock.seconds() * 1_000_000))
         self.last_ids[name] = new
@@ -327,15 +341,7 @@ class Hub:
                 elif beat_due and spectator.kind == "sse":
                     spectator.send("beat", sse.HEARTBEAT)
         if self.ticks % max(1, round(60 / self.limits.interval)) == 0:
-            self._expire_finals(now)
-
-    def _expire_finals(self, now: float) -> None:
-        while self.finals:
-            name, record = next(iter(self.finals.items()))
-            if now - record.at <= self.limits.retain:
-                break
-            del self.finals[name]
-            self._forget_id(name)
+            self.finals.expire()
 
     # -- spectators coming and going ---------------------------------------------------
 

@@ -46,6 +46,14 @@ class Metrics:
         yield GaugeMetricFamily("hoodypipe_active_pipes", "Pipes streaming", value=self.pipes.streaming)
         yield GaugeMetricFamily("hoodypipe_spectators", "Open ?progress streams", value=self.hub.spectator_count)
         yield GaugeMetricFamily("hoodypipe_watched_pipes", "Names with spectators", value=len(self.hub.watches))
+        store = self.hub.store
+        errors = CounterMetricFamily(
+            "hoodypipe_store_errors", "Failures of the retained-state store, by operation", labels=["operation"]
+        )
+        for operation, count in sorted(store.errors.items()):
+            errors.add_metric([operation], count)
+        yield errors
+        yield GaugeMetricFamily("hoodypipe_store_queued", "Final states not yet in the store", value=store.queued)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

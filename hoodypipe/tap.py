@@ -15,12 +15,15 @@ from hoodypipe.malloc import keep_buffers
 from hoodypipe.pipes import Limits, Registry
 from hoodypipe.proxy import normal_address
 from hoodypipe.service import PipeService, ignore_hangups
+from hoodypipe.store import STORE_FORMS, RedisStore, parse_store
 from hoodypipe.web import PipeWeb
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from twisted.internet.interfaces import IReactorTime
+
+    from hoodypipe.store import FinalStore
 
 
 def _count(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -49,6 +52,14 @@ def _seconds(low: float, high: float | None = None) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _store(text: str) -> str:
+    try:
+        parse_store(text)
+    except ValueError as error:
+        raise usage.UsageError(f"invalid --store {text!r}: {error}") from None
+    return text
 
 
 class Options(usage.Options):
@@ -98,6 +109,7 @@ class Options(usage.Options):
         ["progress-interval", None, 0.25, "Seconds between progress events.", _seconds(0.01, 60)],
         ["retain", None, 86400.0, "Seconds a finished transfer's final state stays readable.", _seconds(0)],
         ["drain-timeout", None, 60.0, "On SIGTERM, seconds streaming transfers may run on.", _seconds(0)],
+        ["store", None, "memory", f"Where finished transfers' final states are kept: {STORE_FORMS}.", _store],
         ["port-file", None, None, "Write the listening addresses here once listening (for tests and scripts)."],
     ]
 
@@ -155,10 +167,15 @@ def build(
     max_per_address: int = 256,
     trusted_proxies: frozenset[str] = frozenset(),
     ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
+    store: FinalStore | None = None,
 ) -> Parts:
-    """Registry, hub, Klein app and site, wired the one way they are."""
+    """Registry, hub, Klein app and site, wired the one way they are.
+
+    ``store`` shares finished transfers' final states between nodes (Redis);
+    without one they stay in this process's memory.
+    """
     registry: Registry
-    hub = Hub(clock, lambda name: registry.pipes.get(name), hub_limits)  # noqa: PLW0108 (bound later)
+    hub = Hub(clock, lambda name: registry.pipes.get(name), hub_limits, store)  # noqa: PLW0108 (bound later)
     registry = Registry(clock, limits, observer=hub)
     web = PipeWeb(registry, hub, clock)
     site = PipeSite(
@@ -180,6 +197,8 @@ def makeService(config: Options, reactor: Any = None) -> PipeService:
         # The daemon's own process only (never a test's): see malloc.py.
         keep_buffers()
         ignore_hangups(reactor)
+    address = parse_store(config["store"])
+    store = RedisStore(reactor, address, config["retain"]) if address is not None else None
     parts = build(
         reactor,
         Limits(
@@ -202,6 +221,12 @@ def makeService(config: Options, reactor: Any = None) -> PipeService:
         max_per_address=config["max-connections-per-address"],
         trusted_proxies=frozenset(config["trusted-proxy"]),
         ipv6_prefix=config["ipv6-prefix"],
+        store=store,
     )
     endpoints = [serverFromString(reactor, description) for description in config["listen"]]
-    return PipeService(reactor, parts, endpoints, config["drain-timeout"], config["port-file"])
+    service = PipeService(reactor, parts, endpoints, config["drain-timeout"], config["port-file"])
+    if store is not None:
+        # A child: it connects when the daemon starts, and flushes its last
+        # writes after the drain, when the children stop.
+        store.setServiceParent(service)
+    return service

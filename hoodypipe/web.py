@@ -132,7 +132,9 @@ class PipeWeb:
     def dispatch(self, request: Request, rest: str) -> Any:
         try:
             target = parse_target(request.uri)
-            method = request.method.upper()
+            # Methods are case-sensitive (RFC 9110 section 9.1): "get" is an
+            # unknown method, 405 with Allow like any other, never a receiver.
+            method = request.method
             if target.page is not None:
                 return self.page(request, target, method)
             return self.pipe(request, target, method)
@@ -199,8 +201,13 @@ class PipeWeb:
 
     def _health(self, request: Request) -> dict[str, Any]:
         agent = request.getHeader(b"User-Agent")
+        if self.registry.shutting_down:
+            # Draining (SIGTERM): a proxy's health check takes this node out
+            # of the pool while its transfers finish.
+            request.setResponseCode(503)
         return {
-            "status": "ok",
+            "status": "draining" if self.registry.shutting_down else "ok",
+            "store": self.hub.store.mode,
             "service": "hoodypipe",
             "version": __version__,
             "built": self.built,
@@ -218,10 +225,14 @@ class PipeWeb:
 
     # -- a pipe name -------------------------------------------------------------------
 
-    def pipe(self, request: Request, target: Target, method: bytes) -> Any:
+    def pipe(self, request: Request, target: Target, method: bytes, recalled: bool = False) -> Any:
         query = target.query
         name = target.name
         assert name is not None
+        asks_state = method in (b"GET", b"HEAD") and (query.flag("status") or query.flag("progress"))
+        if not recalled and asks_state and self.hub.needs_recall(name):
+            # How it ended may be kept only in the shared store: ask it first.
+            return self.hub.recall(name).addCallback(lambda _: self._recalled(request, target, method))
         if method == b"OPTIONS":
             request.setHeader(b"Access-Control-Allow-Origin", b"*")
             request.setHeader(b"Access-Control-Allow-Methods", PIPE_METHODS)
@@ -241,6 +252,12 @@ class PipeWeb:
         if status:
             return self._json(request, self.hub.snapshot(name))
         return self.receive(request, name, target)
+
+    def _recalled(self, request: Request, target: Target, method: bytes) -> Any:
+        try:
+            return self.pipe(request, target, method, recalled=True)
+        except HTTPError as error:
+            return self.error(request, error)
 
     def receive(self, request: Request, name: str, target: Target) -> Any:
         query = target.query

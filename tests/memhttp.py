@@ -10,6 +10,7 @@ from twisted.python.failure import Failure
 from hoodypipe.channel import PipeChannel, PipeSite
 from hoodypipe.hub import HubLimits
 from hoodypipe.pipes import Limits
+from hoodypipe.store import FinalStore
 from hoodypipe.tap import build
 from tests.support.httpwire import Response, parse_response
 
@@ -81,9 +82,11 @@ class Conn:
 class MemoryDaemon:
     """Registry, hub, Klein app and site, wired by tap.build as the daemon is."""
 
-    def __init__(self, limits: Limits | None = None, hub_limits: HubLimits | None = None) -> None:
+    def __init__(
+        self, limits: Limits | None = None, hub_limits: HubLimits | None = None, store: FinalStore | None = None
+    ) -> None:
         self.clock = MemoryReactorClock()
-        self.parts = build(self.clock, limits or Limits(), hub_limits)
+        self.parts = build(self.clock, limits or Limits(), hub_limits, store=store)
         self.registry = self.parts.registry
         self.hub = self.parts.hub
         self.web = self.parts.web
