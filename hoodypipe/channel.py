@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from zope.interface import implementer
 
 from hoodypipe.chunked import ChunkedDecoder, MalformedChunks
 from hoodypipe.errors import HTTPError
@@ -61,7 +62,7 @@ TWISTED_PRIVATES: dict[str, tuple[str, ...]] = {
     "twisted.protocols.basic.LineReceiver": ("_buffer",),
     "twisted.web.http": ("_ChunkedTransferDecoder", "_MalformedChunkedDataError"),
     # A closed transport's unsent buffers.
-    "twisted.internet.abstract.FileDescriptor": ("_tempDataBuffer", "_tempDataLen", "offset"),
+    "twisted.internet.abstract.FileDescriptor": ("_tempDataBuffer", "_tempDataLen"),
 }
 
 # How long a connection closed mid-upload keeps reading (and dropping) what
@@ -172,9 +173,14 @@ class _Decoder(ChunkedDecoder):
             raise http._MalformedChunkedDataError(str(error)) from error
 
 
+@implementer(IHalfCloseableProtocol)
 class PipeChannel(http.HTTPChannel):
     """HTTPChannel that tolerates an upload answered before its body ended,
-    and the ``connection.Connection`` of the parties on it."""
+    and the ``connection.Connection`` of the parties on it.
+
+    It can be half-closed: a sender that shuts down its side after its whole
+    body (``nc -N``, ``shutdown(SHUT_WR)``) still reads its status lines.
+    """
 
     site: PipeSite
     _linger: IDelayedCall | None = None
@@ -186,6 +192,7 @@ class PipeChannel(http.HTTPChannel):
     _held = False
     _pipelined = 0
     _refused_pipeline = False
+    _unacknowledged_at_close: int | None = None
 
     # -- connection.Connection ----------------------------------------------------
 
@@ -272,6 +279,15 @@ class PipeChannel(http.HTTPChannel):
             queued = 0
         return buffered + max(0, queued)
 
+    def hung_up(self) -> None:
+        """For the hang-up watch: the client left while twisted.web was not reading."""
+        request = self.requests[0] if self.requests else None
+        if request is not None and not (isinstance(request, PipeRequest) and request.sender is not None):
+            self.abort()  # a receiver (or a page) in progress whose client is gone
+
+    def unacknowledged_at_close(self) -> int | None:
+        return self._unacknowledged_at_close
+
     def _transport(self) -> _Socket:
         assert self.transport is not None
         return cast(_Socket, self.transport)
@@ -280,6 +296,10 @@ class PipeChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # twisted.web pauses reading when a client pipelines more than 16 KiB
+        # behind a request in progress: from then on it would not see that
+        # client leave. The hang-up watch does, while reading is paused.
+        self._networkProducer = _WatchedReading(self._networkProducer, self)
         site = self.site
         site.channels.add(self)
         peer = getattr(self._transport().getPeer(), "host", None)
@@ -374,7 +394,24 @@ class PipeChannel(http.HTTPChannel):
             return  # already closing, gently
         super().loseConnection()
 
+    # -- IHalfCloseableProtocol -----------------------------------------------------
+
+    def readConnectionLost(self) -> None:
+        """The client will send nothing more (its FIN)."""
+        request = self.requests[-1] if self.requests else None
+        if self._linger is None and isinstance(request, PipeRequest) and request.keeps_half_open():
+            self.persistent = False  # answer it, then close
+            return
+        # The socket is still open: whether the client had everything can be told.
+        self._unacknowledged_at_close = self.unacknowledged()
+        # What Twisted does for a protocol that cannot half-close.
+        self.abort()
+
+    def writeConnectionLost(self) -> None:
+        """Our side is closed (``linger_and_close``): read on until the client closes."""
+
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.site.hangups.discard(self)
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._stop_header_deadline()
@@ -388,6 +425,33 @@ class PipeChannel(http.HTTPChannel):
                 site.by_address.pop(self._address, None)
         super().connectionLost(reason)
         site.channel_gone(self)
+
+
+@implementer(IPushProducer)
+class _WatchedReading:
+    """The channel's network producer (its transport), and while twisted.web
+    pauses it, the channel in the hang-up watch."""
+
+    def __init__(self, transport: Any, channel: PipeChannel) -> None:
+        self.transport = transport
+        self.channel = channel
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+        self.channel.site.hangups.add(self.channel)
+
+    def resumeProducing(self) -> None:
+        self.channel.site.hangups.discard(self.channel)
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.transport.unregisterProducer()
 
 
 def _drop_unsent(transport: object) -> None:

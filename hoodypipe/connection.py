@@ -70,3 +70,8 @@ class Connection(Protocol):
         """Bytes written and not yet acknowledged by the client's kernel: still
         buffered here, plus the socket's send queue (0 where it cannot be told)."""
         ...
+
+    def unacknowledged_at_close(self) -> int | None:
+        """``unacknowledged()`` when the client closed its side; None if it
+        reset the connection or it is still open."""
+        ...

@@ -61,6 +61,12 @@ class Download:
             self.done.callback(None)
 
     def begin(self, headers: SenderHeaders) -> None:
+        # A form sender's receivers wait for the part it carries (formupload.py).
+        headers.when_chosen(self._begin, self.refuse)
+
+    def _begin(self, headers: SenderHeaders) -> None:
+        if self.gone:
+            return
         request = self.request
         request.setResponseCode(200)
         for name, value in headers.for_receiver(self.download, self.filename, self.last_segment):
@@ -86,6 +92,9 @@ class Download:
     def unacknowledged(self) -> int:
         return self.connection.unacknowledged()
 
+    def left_with_everything(self) -> bool:
+        return self.connection.unacknowledged_at_close() == 0
+
     def finish(self) -> None:
         if self.gone:
             return
@@ -108,6 +117,8 @@ class Download:
     def refuse(self, error: HTTPError) -> None:
         if self.gone:
             return
+        if self.request.producer is not None:
+            self.request.unregisterProducer()  # refused after the relay watched it (a form's 500)
         self.request.write(refuse(self.request, error, self.rejections))
         self.request.finish()
         self._over()

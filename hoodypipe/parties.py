@@ -64,3 +64,7 @@ class ReceiverParty(Party, Protocol):
     def unacknowledged(self) -> int:
         """Bytes written that the client's kernel has not acknowledged yet (0 if it cannot be told)."""
         ...
+
+    def left_with_everything(self) -> bool:
+        """It closed after its kernel had acknowledged every byte written to it."""
+        ...

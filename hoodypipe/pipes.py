@@ -133,6 +133,9 @@ class Pipe:
         self._delivery_check: IDelayedCall | None = None
         self._delivery_poll = DELIVERY_POLL_FIRST / 2
         self._unacknowledged = 2**63
+        # The end: every byte is written; receivers that close now had them all.
+        self._delivering = False
+        self._delivered = 0
         # Who took the slot of each cap, so that the same one is given back.
         self.client_of: dict[State, str | None] = {}
         self._enter(State.WAITING)
@@ -295,6 +298,7 @@ class Pipe:
         if self.state is not State.STREAMING:
             return
         assert self.relay is not None
+        self._delivering = True
         unacknowledged = sum(receiver.unacknowledged() for receiver in self.relay.receivers)
         if unacknowledged == 0:
             self._complete()
@@ -369,6 +373,13 @@ class Pipe:
             self._after_waiting_party_left()
         elif self.state is State.STREAMING and self.relay is not None:
             if receiver not in self.relay.receivers:
+                return
+            if self._delivering and receiver.left_with_everything():
+                # It had every byte (a client of a known length closes when it
+                # has): delivered, not lost.
+                self.relay.remove(receiver)
+                self._delivered += 1
+                self._await_delivery()
                 return
             if len(self.relay.receivers) == 1:
                 # Fail before removing it: removing the last blocked receiver

@@ -109,6 +109,10 @@ class PipeRequest(server.Request):
         # The body is complete; the response is the sender's to finish.
         self.sender.body_complete()
 
+    def keeps_half_open(self) -> bool:
+        """A sender whose whole body is in may half-close: it still reads its lines."""
+        return self.sender is not None and self.sender.body_done and not self.sender.closed
+
     def bad_framing(self) -> bool:
         """The body's framing broke: True if this request's sender answered it."""
         if self.sender is None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from hoodypipe.errors import HTTPError
+from hoodypipe.formupload import FormUpload, open_form
 from hoodypipe.headers import SenderHeaders
 from hoodypipe.names import PartyQuery, parse_target
 from hoodypipe.pipes import State
@@ -48,6 +49,9 @@ DRAIN_LIMIT = 1024 * 1024
 # response has begun (nginx's proxy module does, for HTTP/1.x upstreams):
 # the sender's status lines are then held until its body has arrived.
 DEFER_HEADER = b"X-Pipe-Defer-Response"
+# A waiting sender that hangs up behind unread bytes is read (at most this
+# much) to learn whether it sent its whole body and half-closed, or left.
+PEEK_LIMIT = 1024 * 1024
 # Reserved pages that are no place for a body: 405, not 400.
 _READ_ONLY_PAGES = {"health": b"GET, HEAD, OPTIONS", "metrics": b"GET, HEAD, OPTIONS"}
 
@@ -92,6 +96,8 @@ class Sender:
         self.n = 1
         self.wait = registry.limits.wait_timeout
         self.pipe: Pipe | None = None
+        # A multipart/form-data body: only the part it carries is relayed.
+        self.form: FormUpload | None = None
         self.phase = Phase.PENDING
         self.body_done = False
         self.reading = True
@@ -100,6 +106,8 @@ class Sender:
         self.continue_due = False
         self._held: list[bytes] = []
         self._dropped = 0
+        # Bytes read after a hang-up while waiting (see hung_up).
+        self._peeked: int | None = None
 
     @property
     def closed(self) -> bool:
@@ -129,10 +137,14 @@ class Sender:
             party = PartyQuery.parse(target.query, limits.max_receivers, limits.wait_timeout)
             self.n, self.wait = party.n, party.wait
             self.headers = SenderHeaders.read(self.request.requestHeaders)
+            form = open_form(self.request.requestHeaders, self.headers, self, self.registry.clock)
+            if form is not None:
+                self.headers = form.headers
             defer = self.request.requestHeaders.getRawHeaders(DEFER_HEADER) or [b""]
             self.defer = defer[0].strip().lower() in (b"1", b"true", b"yes")
             self.connection.suspend_idle_timeout()
             self.pipe = self.registry.add_sender(target.name, self)
+            self.form = form
             if self.defer and self.continue_due and self.phase is Phase.PENDING:
                 self._send_continue()  # the response waits for the body: let the body come now
         except HTTPError as error:
@@ -153,7 +165,14 @@ class Sender:
         self.connection.send_continue()
 
     def chunk(self, data: Payload) -> None:
-        if self.pipe is not None:
+        if self._peeked is not None and self._waiting():
+            self._peeked += len(data) if isinstance(data, bytes) else sum(map(len, data))
+            if self._peeked > PEEK_LIMIT:
+                self.connection.abort()  # more than a body worth holding for receivers not there
+                return
+        if self.form is not None:
+            self.form.feed(data)
+        elif self.pipe is not None:
             self.pipe.data(data)
         elif self.phase is Phase.DRAINING:
             self._dropped += len(data) if isinstance(data, bytes) else sum(map(len, data))
@@ -172,7 +191,10 @@ class Sender:
         elif self.pipe is not None:
             if self.defer:
                 self._answer()  # the held lines, now that the body is in
-            self.pipe.upload_complete()
+            if self.form is not None:
+                self.form.body_complete()  # the form says when its part is complete
+            else:
+                self.pipe.upload_complete()
 
     def malformed(self) -> None:
         """The body's framing broke."""
@@ -181,6 +203,8 @@ class Sender:
         if self.closed:
             self.connection.linger_and_close()  # its answer is out already: one answer per request
             return
+        if self.form is not None:
+            self.form.abandon()
         if self.pipe is not None:
             self.pipe.fail("Malformed upload")
         self.end("Malformed upload")
@@ -190,6 +214,8 @@ class Sender:
             self.hangups.discard(self)
         if self.phase is not Phase.GONE:
             self._enter(Phase.GONE)
+        if self.form is not None:
+            self.form.abandon()
         if self.pipe is not None:
             self.pipe.sender_lost()
 
@@ -292,5 +318,13 @@ class Sender:
     def hung_up(self) -> None:
         """The client went away (or half-closed) while we were not reading its
         socket, before its body ended or while it waits for receivers."""
-        if not self.closed:
-            self.connection.abort()
+        if self.closed:
+            return
+        if self._waiting() and not self.body_done and self._peeked is None:
+            # A FIN behind unread bytes: a sender that half-closed after its
+            # whole body (valid: it is delivered), or one that left. Read on to
+            # learn which: the end of its body, or the end of its connection.
+            self._peeked = 0
+            self.resume_reading()
+            return
+        self.connection.abort()

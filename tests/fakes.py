@@ -71,6 +71,9 @@ class FakeReceiver:
     def unacknowledged(self) -> int:
         return self.unacked
 
+    def left_with_everything(self) -> bool:
+        return self.unacked == 0
+
     def watch_flow(self, producer: IPushProducer, step: int) -> None:
         assert IPushProducer.providedBy(producer)
         self.producer = producer

@@ -277,6 +277,9 @@ def test_a_waiting_sender_that_hangs_up_is_noticed_while_not_read():
         assert not sender.aborted  # still there
         theirs.close()
         d.clock.advance(1)
+        # A FIN behind unread bytes: it is read on, to learn whether its body was whole.
+        assert sender.reading and not sender.aborted
+        sender.channel.readConnectionLost()  # the end of the connection, not of a body
         assert sender.aborted
         sender.drop()
         assert "hup" not in d.registry.pipes
@@ -313,3 +316,46 @@ def test_a_refused_request_gets_one_answer_even_if_its_body_is_broken():
     d = MemoryDaemon()
     conn = d.connect().send(b"GET /x?status HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
     assert conn.raw.count(b"HTTP/1.1 ") == 1
+
+
+def test_a_sender_that_half_closes_after_its_whole_body_is_delivered():
+    d = MemoryDaemon()
+    sender = d.sender("/half").chunk(b"all of it").end_chunks()
+    sender.channel.readConnectionLost()  # shutdown(SHUT_WR): it still reads
+    assert not sender.aborted
+    receiver = d.receiver("/half")
+    assert receiver.response().body == b"all of it" and receiver.response().complete
+    assert sender.response().body.endswith(b"[INFO] Transfer complete.\n")
+    assert sender.closing  # answered, then closed: it sends no other request
+
+
+def test_a_sender_that_half_closes_before_its_body_ended_has_left():
+    d = MemoryDaemon()
+    sender = d.sender("/cut").chunk(b"part")
+    sender.channel.readConnectionLost()
+    assert sender.aborted
+    sender.drop()
+    assert "cut" not in d.registry.pipes
+
+
+def test_a_hung_up_waiting_sender_is_read_at_most_a_megabyte():
+    import socket
+
+    from tests.memhttp import HalfCloseTransport
+
+    ours, theirs = socket.socketpair()
+    try:
+        HalfCloseTransport.fileno = lambda self: ours.fileno()
+        d = MemoryDaemon()
+        sender = d.sender("/big")
+        theirs.close()
+        d.clock.advance(1)
+        assert sender.reading
+        for _ in range(17):
+            if sender.aborted:
+                break
+            sender.chunk(b"z" * 65536)
+        assert sender.aborted  # not held for receivers that are not there
+    finally:
+        del HalfCloseTransport.fileno
+        ours.close()

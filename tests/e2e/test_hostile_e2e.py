@@ -252,3 +252,36 @@ def test_pipes_still_work_under_attack_from_many_waiting_spectators(daemon_facto
     assert head.startswith(b"HTTP/1.1 200")
     for sock in [*spectators, victim]:
         sock.close()
+
+
+# -- half-closed clients -----------------------------------------------------------------------------
+
+
+def test_a_sender_that_half_closes_after_its_whole_body_is_delivered(daemon):
+    name = unique("half")
+    body = deterministic_bytes(300_000)
+    sock = connect_from(daemon, "127.0.0.1")
+    sock.sendall(f"PUT /api/v1/pipe/{name} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    sock.shutdown(socket.SHUT_WR)  # nc -N: all sent, nothing more to say
+    head = read_until(sock, b"connect...\n", 4096)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    time.sleep(0.3)  # it waits: a half-close is no hang-up
+    got = receiver(daemon.url(name))
+    assert got.wait(20) == 0 and got.out == body
+    rest = head + read_until(sock, b"Transfer complete.\n", 4096)
+    assert b"[INFO] Transfer complete.\n" in rest and b"[ERROR]" not in rest, rest
+    sock.close()
+
+
+def test_a_waiting_receiver_that_pipelined_and_left_frees_its_slot(daemon):
+    name = unique("pipeleft")
+    sock = connect_from(daemon, "127.0.0.1")
+    get = f"GET /api/v1/pipe/{name} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    sock.sendall(get + b"GET /api/v1/pipe/health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 40_000 + b"\r\n\r\n")
+    wait_status(daemon, name, state="waiting", activeReceivers=1)
+    sock.close()
+    started = time.monotonic()
+    wait_status(daemon, name, state="idle", timeout=5)
+    print(f"\na waiting receiver with 40 KB pipelined behind it, closed: slot free after "
+          f"{(time.monotonic() - started) * 1000:.0f} ms")
+    assert time.monotonic() - started < 1.0

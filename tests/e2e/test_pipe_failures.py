@@ -26,8 +26,8 @@ BROKEN_DOWNLOAD = {18, 56}
 
 @pytest.fixture(scope="module")
 def short(module_daemon_factory):
-    """A daemon with one-second wait and idle timeouts."""
-    return module_daemon_factory("--wait-timeout", "1", "--idle-timeout", "1")
+    """A daemon with one-second wait and idle timeouts (and no minimum rate: any byte is activity)."""
+    return module_daemon_factory("--wait-timeout", "1", "--idle-timeout", "1", "--min-rate", "0")
 
 
 # -- a sender that dies ---------------------------------------------------------------------
@@ -62,7 +62,8 @@ def test_sender_killed_mid_stream_breaks_every_receiver(daemon, tmp_path, fixed_
 def test_sender_killed_before_start_frees_the_name(daemon):
     """A waiting sender that goes away frees the name for another sender (DESIGN.md section 3)."""
     name = unique("swait")
-    s = Sender(daemon.url(name), data=b"never")
+    s = Sender(daemon.url(name))
+    s.feed(b"never")  # its body is not over: killed, it has left (a whole body and a FIN is delivered)
     wait_status(daemon, name, state="waiting", hasSender=True)
     s.kill()
     wait_status(daemon, name, hasSender=False)
