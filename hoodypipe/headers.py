@@ -7,7 +7,9 @@ and nothing a sender sends may inject a response header.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import quote, unquote
 
 from twisted.web.http_headers import Headers
@@ -17,16 +19,43 @@ from hoodypipe.errors import HTTPError
 MAX_CUSTOM_HEADER = 8 * 1024
 PASSED_THROUGH = (b"X-Piping", b"X-Hoody-Pipe")
 
-# Types a browser would run as script or a document of this origin.
+# WHATWG MIME Sniffing, "JavaScript MIME type": every essence a browser
+# runs as a script (a <script src> or a worker on this origin).
+JAVASCRIPT_ESSENCES = frozenset(
+    {
+        "application/ecmascript",
+        "application/javascript",
+        "application/x-ecmascript",
+        "application/x-javascript",
+        "text/ecmascript",
+        "text/javascript",
+        "text/javascript1.0",
+        "text/javascript1.1",
+        "text/javascript1.2",
+        "text/javascript1.3",
+        "text/javascript1.4",
+        "text/javascript1.5",
+        "text/jscript",
+        "text/livescript",
+        "text/x-ecmascript",
+        "text/x-javascript",
+    }
+)
+# Other types a browser would run as a document of this origin.
 _SCRIPTABLE = re.compile(
     r"^(text/html|application/xhtml\+xml|image/svg\+xml|text/xml|application/xml|"
-    r".*\+xml|text/javascript|application/javascript|application/x-javascript|"
-    r"application/ecmascript|text/ecmascript|text/xsl|application/xslt\+xml|"
+    r".*\+xml|text/xsl|application/xslt\+xml|"
     r"multipart/x-mixed-replace|text/vtt|application/pdf\+xml)$"
 )
 _TOKEN_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
 _SAFE_CHARSET = re.compile(r"^[a-z0-9_.:-]{1,40}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C1 controls: as characters of a UTF-8 value, or as raw bytes (latin-1).
+_C1 = re.compile(r"[\x80-\x9f]")
+# Characters that are invisible in a file name or reorder how it reads
+# ("invoice\u202efdp.exe" shows as "invoiceexe.pdf"): C0, DEL, C1, and the
+# bidirectional controls (marks, embeddings, overrides, isolates).
+_NOT_IN_FILENAMES = re.compile(r"[\x00-\x1f\x7f-\x9f/\\\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _LENGTH = re.compile(rb"^\d{1,19}$")
 
 
@@ -38,6 +67,18 @@ def _first(headers: Headers, name: bytes) -> bytes | None:
 def _strip_controls(value: bytes, limit: int = MAX_CUSTOM_HEADER) -> bytes:
     text = value.decode("latin-1")
     return _CONTROL.sub("", text)[:limit].encode("latin-1")
+
+
+def _passed_value(value: bytes, limit: int = MAX_CUSTOM_HEADER) -> bytes:
+    """A passed-through header without C0, DEL or C1 controls, cut to ``limit``
+    bytes: a UTF-8 value keeps its other characters (whose bytes may be
+    0x80-0x9F) and is cut between them; any other is read byte by byte, and
+    its bytes 0x80-0x9F go."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return _C1.sub("", _CONTROL.sub("", value.decode("latin-1")))[:limit].encode("latin-1")
+    return _C1.sub("", _CONTROL.sub("", text)).encode("utf-8")[:limit].decode("utf-8", "ignore").encode("utf-8")
 
 
 def safe_content_type(raw: bytes | None) -> tuple[bytes | None, str]:
@@ -55,7 +96,7 @@ def safe_content_type(raw: bytes | None) -> tuple[bytes | None, str]:
         value = value.strip().strip('"').lower()
         if key.strip().lower() == "charset" and _SAFE_CHARSET.match(value):
             charset = value
-    shown = "text/plain" if _SCRIPTABLE.match(media) else media
+    shown = "text/plain" if media in JAVASCRIPT_ESSENCES or _SCRIPTABLE.match(media) else media
     if charset:
         shown += f"; charset={charset}"
     return shown.encode("latin-1"), media
@@ -69,7 +110,7 @@ def _inline_allowed(declared: str) -> bool:
 
 
 def sanitise_filename(name: str) -> str:
-    name = re.sub(r"[\x00-\x1f\x7f/\\]", "", name)
+    name = _NOT_IN_FILENAMES.sub("", name)
     name = name.lstrip(".").strip()
     return name[:255]
 
@@ -100,6 +141,12 @@ def _sender_filename(disposition: str) -> str | None:
     return None
 
 
+class HeaderWait(Protocol):
+    """Receivers' headers that are not known yet (a form's part: formupload.Pick)."""
+
+    def when_chosen(self, begin: Callable[[SenderHeaders], None], refuse: Callable[[HTTPError], None]) -> None: ...
+
+
 @dataclass(frozen=True)
 class SenderHeaders:
     """What a sender declared, read once at end of headers."""
@@ -110,6 +157,8 @@ class SenderHeaders:
     disposition: str | None
     passed: tuple[tuple[bytes, bytes], ...]
     size_hint: int | None
+    # A multipart/form-data sender's receivers wait for the part it carries.
+    pick: HeaderWait | None = None
 
     @classmethod
     def read(cls, headers: Headers) -> SenderHeaders:
@@ -118,7 +167,7 @@ class SenderHeaders:
         content_length = int(length) if length is not None and _LENGTH.match(length) else None
         disposition = _first(headers, b"Content-Disposition")
         passed = tuple(
-            (name, _strip_controls(value)) for name in PASSED_THROUGH if (value := _first(headers, name)) is not None
+            (name, _passed_value(value)) for name in PASSED_THROUGH if (value := _first(headers, name)) is not None
         )
         hint = _first(headers, b"X-Pipe-Size")
         size_hint = None
@@ -141,6 +190,13 @@ class SenderHeaders:
     def total_bytes(self) -> int | None:
         return self.content_length if self.content_length is not None else self.size_hint
 
+    def when_chosen(self, begin: Callable[[SenderHeaders], None], refuse: Callable[[HTTPError], None]) -> None:
+        """Give a receiver its headers: these, at once, or a form's once its part is picked."""
+        if self.pick is None:
+            begin(self)
+        else:
+            self.pick.when_chosen(begin, refuse)
+
     def for_receiver(self, download: bool | None, filename: str | None, last_segment: str) -> list[tuple[bytes, bytes]]:
         """The response headers of one receiver.
 
@@ -161,10 +217,14 @@ class SenderHeaders:
             out.append((b"Content-Disposition", content_disposition("attachment", name or None)))
         elif download is None and self.disposition:
             kind = self.disposition.split(";", 1)[0].strip().lower()
-            if kind != "inline" or not _inline_allowed(self.declared_type):
-                kind = "attachment"
-            shown = sanitise_filename(sender_name) if sender_name else None
-            out.append((b"Content-Disposition", content_disposition(kind, shown or None)))
+            if kind == "form-data" and sender_name is None:
+                # A form field's own disposition (KIT 3), stripped and cut at read.
+                out.append((b"Content-Disposition", self.disposition.encode("latin-1")))
+            else:
+                if kind != "inline" or not _inline_allowed(self.declared_type):
+                    kind = "attachment"
+                shown = sanitise_filename(sender_name) if sender_name else None
+                out.append((b"Content-Disposition", content_disposition(kind, shown or None)))
         out.extend(self.passed)
         exposed = [name for name, _ in self.passed]
         if exposed:
