@@ -34,6 +34,7 @@ from hoodypipe.hangup import hangup_watch, socket_fileno
 from hoodypipe.proxy import normal_address
 from hoodypipe.refusal import raw_refusal
 from hoodypipe.request import PipeRequest
+from hoodypipe.strict import head_refusal, limit_refusal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,6 +58,9 @@ TWISTED_PRIVATES: dict[str, tuple[str, ...]] = {
         "_log",
         # Whether the transport's buffer is full (set by pauseProducing).
         "_waitingForTransport",
+        # How much of this request's head was read (twisted.web's limits).
+        "_receivedHeaderCount",
+        "_receivedHeaderSize",
     ),
     # Bytes read and not parsed yet (the pipelined requests behind this one).
     "twisted.protocols.basic.LineReceiver": ("_buffer",),
@@ -329,6 +333,10 @@ class PipeChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._stop_header_deadline()
+        refusal = head_refusal(self._version, self.requests[-1].requestHeaders)  # strict HTTP
+        if refusal is not None:
+            self._refuse(refusal)
+            return
         # Bytes already waiting behind these headers: the client pipelines.
         self._pipelined = self._pipelined + 1 if self._buffer else 0
         if self._pipelined > MAX_PIPELINED and not self._refused_pipeline:
@@ -386,8 +394,20 @@ class PipeChannel(http.HTTPChannel):
         request = self.requests[-1] if self.requests else None
         if isinstance(request, PipeRequest) and request.bad_framing():
             return  # the sender answered it, in its own response
-        self.write_raw(raw_refusal(HTTPError(400, "Bad request."), self.site.registry.rejections))
+        over = self._receivedHeaderCount > self.maxHeaders or self._receivedHeaderSize > self.totalHeadersSize
+        self._refuse(limit_refusal(hasattr(self, "_command")) if over else HTTPError(400, "Bad request."))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse(limit_refusal(hasattr(self, "_command")))  # 414 or 431, not a silent close
+
+    def _refuse(self, error: HTTPError) -> None:
+        """Answer what cannot become a request, and read nothing more."""
+        if self._linger is not None or self._transport().disconnecting:
+            return  # an answer that said Connection: close is out: nothing follows it
+        self.write_raw(raw_refusal(error, self.site.registry.rejections))
         self.loseConnection()
+        self.length = None  # twisted.web goes on to allContentReceived only for 0
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
 
     def loseConnection(self) -> None:
         if self._linger is not None:
