@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from hoodypipe.backlog import DEFAULT_BACKLOG, with_backlog
 from hoodypipe.channel import PipeSite
 from hoodypipe.fairshare import DEFAULT_IPV6_PREFIX
 from hoodypipe.hub import Hub, HubLimits
@@ -109,6 +110,7 @@ class Options(usage.Options):
         ["progress-interval", None, 0.25, "Seconds between progress events.", _seconds(0.01, 60)],
         ["retain", None, 86400.0, "Seconds a finished transfer's final state stays readable.", _seconds(0)],
         ["drain-timeout", None, 60.0, "On SIGTERM, seconds streaming transfers may run on.", _seconds(0)],
+        ["backlog", None, DEFAULT_BACKLOG, "Listen queue of endpoints without backlog=.", _count(1, 65535)],
         ["store", None, "memory", f"Where finished transfers' final states are kept: {STORE_FORMS}.", _store],
         ["port-file", None, None, "Write the listening addresses here once listening (for tests and scripts)."],
     ]
@@ -223,7 +225,7 @@ def makeService(config: Options, reactor: Any = None) -> PipeService:
         ipv6_prefix=config["ipv6-prefix"],
         store=store,
     )
-    endpoints = [serverFromString(reactor, description) for description in config["listen"]]
+    endpoints = [serverFromString(reactor, with_backlog(each, config["backlog"])) for each in config["listen"]]
     service = PipeService(reactor, parts, endpoints, config["drain-timeout"], config["port-file"])
     if store is not None:
         # A child: it connects when the daemon starts, and flushes its last
