@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, cast
 
 from twisted.internet.defer import Deferred
 
+from hoodypipe.headers import TRANSFER_HEADER
 from hoodypipe.refusal import refuse
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ class Download:
         self.wait = party.wait
         self.download = party.download
         self.filename = party.filename
+        self.sha256 = party.sha256
+        self.transfer_id = ""
         self.last_segment = last_segment
         self.rejections = rejections
         self.pipe: Pipe | None = None
@@ -60,7 +63,8 @@ class Download:
         if not self.done.called:
             self.done.callback(None)
 
-    def begin(self, headers: SenderHeaders) -> None:
+    def begin(self, headers: SenderHeaders, transfer_id: str) -> None:
+        self.transfer_id = transfer_id
         # A form sender's receivers wait for the part it carries (formupload.py).
         headers.when_chosen(self._begin, self.refuse)
 
@@ -71,6 +75,8 @@ class Download:
         request.setResponseCode(200)
         for name, value in headers.for_receiver(self.download, self.filename, self.last_segment):
             request.responseHeaders.addRawHeader(name, value)
+        # The id to look the transfer up by afterwards (?status&transfer=).
+        request.responseHeaders.addRawHeader(TRANSFER_HEADER, self.transfer_id.encode("ascii"))
         # Send the status line and headers now, not with the first byte.
         request.write(b"")
         # An HTTP/1.0 client of a stream of unknown length learns the end from

@@ -226,12 +226,15 @@ class SenderHeaders:
                 shown = sanitise_filename(sender_name) if sender_name else None
                 out.append((b"Content-Disposition", content_disposition(kind, shown or None)))
         out.extend(self.passed)
-        exposed = [name for name, _ in self.passed]
-        if exposed:
-            out.append((b"Access-Control-Expose-Headers", b", ".join(exposed)))
+        # What a page on another origin may read of a download (KIT.md section 8).
+        exposed = [b"Content-Disposition", TRANSFER_HEADER, *(name for name, _ in self.passed)]
+        out.append((b"Access-Control-Expose-Headers", b", ".join(exposed)))
         out.extend(RECEIVER_FIXED)
         return out
 
+
+# Every ordinary receiver learns its transfer's id (KIT.md section 4).
+TRANSFER_HEADER = b"X-Hoody-Pipe-Transfer-Id"
 
 RECEIVER_FIXED = (
     (b"Access-Control-Allow-Origin", b"*"),

@@ -29,6 +29,7 @@ from zope.interface import implementer
 from hoodypipe import sse
 from hoodypipe.errors import HTTPError
 from hoodypipe.fairshare import Shares
+from hoodypipe.receipts import Receipts
 from hoodypipe.pipes import State
 from hoodypipe.progress import Final, Meter, progress_event, snapshot, state_event, text_line
 from hoodypipe.store import MAX_RETAINED, MemoryStore
@@ -173,6 +174,11 @@ class Hub:
         # Finals this process keeps (synchronous), and where they are shared:
         # the same MemoryStore on one box, Redis in a cluster (see store.py).
         self.finals = MemoryStore(clock, self.limits.retain, MAX_RETAINED, on_drop=self._forget_id)
+        self.receipts = Receipts(clock)
+        # The transfer ids of the retained finals, both ways (a chosen id they
+        # hold may not be taken again).
+        self._retained_ids: dict[str, str] = {}
+        self._retained_id_of: dict[str, str] = {}
         self.store: FinalStore = store or self.finals
         self.watched = Shares(self.limits.max_watched_paths)
         # The last event id of every name that is watched, live or retained
@@ -245,11 +251,40 @@ class Hub:
         # the lower ids; D is the done's id, watched or not.
         first_ids = (self.next_id(pipe.name), self.next_id(pipe.name)) if broadcast else None
         record = Final.of(pipe, meter, self.clock.seconds(), done_id=self.next_id(pipe.name))
+        self._unindex(pipe.name)
         self.finals.put(pipe.name, record)
+        if pipe.transfer_id is not None:
+            self._retained_ids[pipe.transfer_id] = pipe.name
+            self._retained_id_of[pipe.name] = pipe.transfer_id
+            if pipe.hashed or pipe.chosen_id:
+                self.receipts.put(pipe.transfer_id, pipe.name, record.snapshot)
         if self.store is not self.finals:
             self.store.put(pipe.name, record)
         if watch is not None and first_ids is not None:
             self._send_final(pipe.name, watch, record, first_ids)
+
+    def knows_transfer(self, transfer_id: str) -> bool:
+        """Whether a retained final or a receipt holds this id (PipeObserver)."""
+        name = self._retained_ids.get(transfer_id)
+        return transfer_id in self.receipts or (name is not None and self.finals.peek(name) is not None)
+
+    def transfer(self, name: str, transfer_id: str) -> dict[str, Any] | None:
+        """``?status&transfer=``: the name's live or retained transfer with this id, else its receipt."""
+        pipe = self.live(name)
+        if pipe is not None and pipe.transfer_id == transfer_id:
+            return snapshot(pipe, self.meters.get(pipe), self.clock.seconds())
+        record = self.finals.peek(name)
+        if record is not None and self._retained_id_of.get(name) == transfer_id:
+            return record.snapshot
+        receipt = self.receipts.get(transfer_id)
+        if receipt is not None and receipt[0] == name:
+            return receipt[1]
+        return None
+
+    def _unindex(self, name: str) -> None:
+        old = self._retained_id_of.pop(name, None)
+        if old is not None and self._retained_ids.get(old) == name:
+            del self._retained_ids[old]
 
     # -- ids ------------------------------------------------------------------------
 
@@ -269,6 +304,8 @@ class Hub:
         """Nothing of ``name`` is left to number: its ids may start from the clock."""
         if name not in self.watches and name not in self.finals and self.live(name) is None:
             self.last_ids.pop(name, None)
+        if name not in self.finals:
+            self._unindex(name)
 
     def seen_end(self, name: str, last_event_id: int | None) -> bool:
         """Whether a reconnecting plain stream has already seen the name's

@@ -100,6 +100,10 @@ class PartyQuery:
     # Receivers only: ``?download`` (None when absent) and ``?filename``.
     download: bool | None = None
     filename: str | None = None
+    # ``?sha256``: hash the stream (sender, or a receiver there when it starts).
+    sha256: bool = False
+    # Senders only: ``?transfer=<id>``, the transfer's chosen id (checked by ``transfer_id``).
+    transfer: str | None = None
 
     @classmethod
     def parse(cls, query: Query, max_receivers: int, default_wait: float) -> PartyQuery:
@@ -108,7 +112,21 @@ class PartyQuery:
             wait=query.seconds("wait", MIN_WAIT, MAX_WAIT, default_wait),
             download=query.lenient_flag("download"),
             filename=query.get("filename"),
+            sha256=query.flag("sha256"),
+            transfer=query.get("transfer"),
         )
+
+
+TRANSFER_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def transfer_id(text: str | None) -> str | None:
+    """A sender's ``?transfer=``: None if absent, else the id; 400 if malformed."""
+    if text is None:
+        return None
+    if not TRANSFER_ID.fullmatch(text):
+        raise HTTPError(400, "Invalid transfer id.")
+    return text
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,16 @@ class Party(Protocol):
     wait: float
     # The client's address, for the per-address caps (None in memory).
     address: str | None
+    # It asked for ``?sha256``: the stream is hashed as it is relayed.
+    sha256: bool
 
 
 class SenderParty(Party, Protocol):
     """The upload side, as the pipe drives it."""
 
     headers: SenderHeaders
+    # ``?transfer=<id>``, already checked; None for a random one.
+    transfer: str | None
 
     def say(self, text: str) -> None:
         """Write one ``[INFO] text`` line to the sender."""
@@ -47,7 +51,7 @@ class SenderParty(Party, Protocol):
 class ReceiverParty(Party, Protocol):
     """One download, as the pipe drives it."""
 
-    def begin(self, headers: SenderHeaders) -> None: ...
+    def begin(self, headers: SenderHeaders, transfer_id: str) -> None: ...
 
     def write(self, frame: Frame) -> None: ...
 

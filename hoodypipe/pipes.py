@@ -9,6 +9,8 @@ lifecycle can be read off ``TRANSITIONS``.
 from __future__ import annotations
 
 import enum
+import hashlib
+import secrets
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -69,6 +71,10 @@ class PipeObserver(Protocol):
 
     def ended(self, pipe: Pipe) -> None: ...
 
+    def knows_transfer(self, transfer_id: str) -> bool:
+        """Whether a retained transfer or a receipt holds this id."""
+        ...
+
 
 class _NoObserver:
     def changed(self, pipe: Pipe) -> None:
@@ -76,6 +82,9 @@ class _NoObserver:
 
     def ended(self, pipe: Pipe) -> None:
         pass
+
+    def knows_transfer(self, transfer_id: str) -> bool:
+        return False
 
 
 @dataclass
@@ -120,6 +129,13 @@ class Pipe:
         self.streaming_at: float | None = None
         self.finished_at: float | None = None
         self.total_bytes: int | None = None
+        # The transfer's id: the sender's ?transfer= from its arrival, else a
+        # random one from the start. A receipt is kept for a chosen id or a digest.
+        self.transfer_id: str | None = None
+        self.chosen_id = False
+        # ?sha256 (the sender's, or a receiver's there at the start): hashed as relayed.
+        self.sha256: str | None = None
+        self.hashed = False
         # Bytes read before the start: reading is paused from the end of the
         # sender's headers, so this is at most what one socket read brought.
         self._early: list[Payload] = []
@@ -175,6 +191,9 @@ class Pipe:
             raise HTTPError(400, f"Another sender is already connected to '{self.name}'.")
         if len(self.receivers) < self.n:
             self.registry.check_address(sender)
+        if sender.transfer is not None:
+            self.registry.claim_transfer_id(sender.transfer, self)
+            self.chosen_id = True
         # Not a byte is read from the sender until its receivers are here.
         sender.pause_reading()
         self.sender = sender
@@ -184,7 +203,7 @@ class Pipe:
             sender.say(f"{len(self.receivers)} receiver(s) already connected.")
         refused = self.registry.why_not_start(sender) if len(self.receivers) == self.n else None
         if refused is not None:
-            self.sender = None
+            self._sender_gone()
             sender.end(refused)
             return
         self._wait(sender, sender.wait, self._sender_timed_out)
@@ -221,9 +240,16 @@ class Pipe:
 
     def _sender_timed_out(self, sender: SenderParty) -> None:
         self._unwait(sender)
-        self.sender = None
+        self._sender_gone(keep_id=not self.receivers)  # alone, it fails with its id
         sender.end("Timed out waiting for receivers")
         self._after_waiting_party_left(timed_out=True)
+
+    def _sender_gone(self, keep_id: bool = False) -> None:
+        """A waiting sender left: the receivers wait on for another, with no id of its."""
+        self.sender = None
+        if self.chosen_id and not keep_id:
+            self.registry.release_transfer_id(self)
+            self.chosen_id = False
 
     def _receiver_timed_out(self, receiver: ReceiverParty) -> None:
         self._unwait(receiver)
@@ -252,14 +278,18 @@ class Pipe:
         for party in list(self._timers):
             self._unwait(party)
         self.streaming_at = self.clock.seconds()
-        self.relay = Relay(self.sender, self.receivers)
+        self.hashed = self.sender.sha256 or any(receiver.sha256 for receiver in self.receivers)
+        self.relay = Relay(self.sender, self.receivers, hashlib.sha256() if self.hashed else None)
         self.receivers = []
+        if self.transfer_id is None:
+            self.registry.claim_transfer_id(secrets.token_urlsafe(16), self)
         self.client = self.sender.address
         self._enter(State.STREAMING)
         log.info("transfer started: {name} to {n} receiver(s)", event="transfer_start", name=self.name, n=self.n)
         self.sender.say(f"Streaming to {self.n} receiver(s)...")
+        assert self.transfer_id is not None
         for receiver in self.relay.receivers:
-            receiver.begin(self.sender.headers)
+            receiver.begin(self.sender.headers, self.transfer_id)
         self.relay.start(self._early, step_for(self.registry.streaming_receivers))
         self._early = []
         self._schedule_idle_check()
@@ -314,13 +344,19 @@ class Pipe:
             return
         assert self.relay is not None
         self.finished_at = self.clock.seconds()
+        if self.relay.digest is not None:
+            self.sha256 = self.relay.digest.hexdigest()
         self._enter(State.COMPLETE)
+        self._stop_idle_check()
+        if self.sender is not None and self.sha256 is not None:
+            self.sender.say(f"SHA-256: {self.sha256}")
+        # The final state and the receipt are kept before the receivers'
+        # bodies end, so a receiver can verify its download at once.
+        self.registry.ended(self)
         for receiver in self.relay.receivers:
             receiver.finish()
         if self.sender is not None:
             self.sender.end(None)
-        self._stop_idle_check()
-        self.registry.ended(self)
 
     def fail(self, reason: str, sender_error: str | None = None) -> None:
         """End the transfer as failed: receivers' downloads break visibly."""
@@ -355,7 +391,7 @@ class Pipe:
             return
         if self.state is State.WAITING:
             self._unwait(self.sender)
-            self.sender = None
+            self._sender_gone()
             self._early = []
             self._after_waiting_party_left()
         elif self.state is State.STREAMING:
@@ -451,6 +487,8 @@ class Registry:
         self.limits = limits or Limits()
         self.observer: PipeObserver = observer or _NoObserver()
         self.pipes: dict[str, Pipe] = {}
+        # Live pipes by transfer id (retained ones and receipts: the observer's).
+        self.transfers: dict[str, Pipe] = {}
         # Fair shares of the daemon-wide caps (see fairshare.py): pipes
         # waiting for their parties, and transfers streaming, by client.
         self.pending = Shares(self.limits.max_pending)
@@ -466,6 +504,18 @@ class Registry:
         # Waiting parties by client address, so one client cannot hold
         # every pending slot.
         self.waiting_by_address: Counter[str] = Counter()
+
+    def claim_transfer_id(self, transfer_id: str, pipe: Pipe) -> None:
+        """Give ``pipe`` this id: 409 if a live, retained or receipted transfer holds it."""
+        if transfer_id in self.transfers or self.observer.knows_transfer(transfer_id):
+            raise HTTPError(409, "Transfer id already in use.")
+        self.transfers[transfer_id] = pipe
+        pipe.transfer_id = transfer_id
+
+    def release_transfer_id(self, pipe: Pipe) -> None:
+        if pipe.transfer_id is not None and self.transfers.get(pipe.transfer_id) is pipe:
+            del self.transfers[pipe.transfer_id]
+        pipe.transfer_id = None
 
     def _pipe_for(self, name: str, n: int, client: str | None) -> Pipe:
         if self.shutting_down:
@@ -559,12 +609,17 @@ class Registry:
         return waiting
 
     def forget(self, pipe: Pipe) -> None:
+        self.release_transfer_id(pipe)
         if self.pipes.get(pipe.name) is pipe:
             del self.pipes[pipe.name]
         self.observer.changed(pipe)
 
     def ended(self, pipe: Pipe) -> None:
-        """A transfer finished or failed: its name is free again at once."""
+        """A transfer finished or failed: its name is free again at once.
+
+        Its id stays on the pipe: the observer keeps it with the final state."""
+        if pipe.transfer_id is not None and self.transfers.get(pipe.transfer_id) is pipe:
+            del self.transfers[pipe.transfer_id]
         if self.pipes.get(pipe.name) is pipe:
             del self.pipes[pipe.name]
         self.outcomes[pipe.reason or pipe.state.value] += 1

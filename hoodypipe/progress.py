@@ -120,6 +120,8 @@ def done_event(pipe: Pipe) -> dict[str, Any]:
         "avgSpeed": round(average),
         "mbps": _r(average / 1e6),
         "reason": pipe.reason,
+        "sha256": pipe.sha256,
+        "transferId": pipe.transfer_id,
     }
 
 
@@ -143,6 +145,10 @@ IDLE_SNAPSHOT: dict[str, Any] = {
     "startedAt": None,
     "finishedAt": None,
     "history": [],
+    "kind": None,
+    "peers": None,
+    "transferId": None,
+    "sha256": None,
 }
 
 
@@ -155,6 +161,12 @@ def snapshot(pipe: Pipe | None, meter: Meter | None, now: float) -> dict[str, An
     body["activeReceivers"] = body["receivers"] = state_event(pipe)["activeReceivers"]
     body["durationSec"] = done_event(pipe)["durationSec"] if pipe.finished else None
     body["reason"] = pipe.reason
+    # The mean since streaming began, frozen with elapsed at the end (KIT.md section 4).
+    elapsed = body["elapsed"]
+    mean = pipe.bytes_transferred / elapsed if elapsed > 0 else 0.0
+    body["speed"], body["mbps"] = round(mean), _r(mean / 1e6)
+    body["kind"], body["peers"] = "pipe", None
+    body["transferId"], body["sha256"] = pipe.transfer_id, pipe.sha256
     body["startedAt"] = rfc3339(pipe.started_at)
     body["finishedAt"] = rfc3339(pipe.finished_at)
     body["history"] = [{"state": state.value, "at": rfc3339(at)} for state, at in pipe.history]

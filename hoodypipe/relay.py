@@ -19,6 +19,8 @@ from zope.interface import implementer
 from hoodypipe.frame import Frame
 
 if TYPE_CHECKING:
+    from hashlib import _Hash as Hash
+
     from hoodypipe.frame import Payload
     from hoodypipe.parties import ReceiverParty, SenderParty
 
@@ -62,9 +64,11 @@ class _ReceiverFlow:
 class Relay:
     """Lockstep fan-out from one sender to N receivers."""
 
-    def __init__(self, sender: SenderParty, receivers: list[ReceiverParty]) -> None:
+    def __init__(self, sender: SenderParty, receivers: list[ReceiverParty], digest: Hash | None = None) -> None:
         self.sender = sender
         self.receivers = list(receivers)
+        # ?sha256: every byte relayed, hashed once for all receivers.
+        self.digest = digest
         self.bytes = 0
         # Bumped on every chunk and every drain: the idle check compares it.
         self.activity = 0
@@ -87,6 +91,9 @@ class Relay:
             return
         for receiver in self.receivers:
             receiver.write(frame)
+        if self.digest is not None:
+            for piece in frame.pieces:
+                self.digest.update(piece)
         self.bytes += frame.size
         self.activity += 1
 

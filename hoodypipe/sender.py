@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from hoodypipe.errors import HTTPError
 from hoodypipe.formupload import FormUpload, open_form
 from hoodypipe.headers import SenderHeaders
-from hoodypipe.names import PartyQuery, parse_target
+from hoodypipe.names import PartyQuery, parse_target, transfer_id
 from hoodypipe.pipes import State
 from hoodypipe.refusal import TEXT_PLAIN, refuse
 
@@ -95,6 +95,8 @@ class Sender:
         self.address = address
         self.n = 1
         self.wait = registry.limits.wait_timeout
+        self.sha256 = False
+        self.transfer: str | None = None
         self.pipe: Pipe | None = None
         # A multipart/form-data body: only the part it carries is relayed.
         self.form: FormUpload | None = None
@@ -136,6 +138,7 @@ class Sender:
             limits = self.registry.limits
             party = PartyQuery.parse(target.query, limits.max_receivers, limits.wait_timeout)
             self.n, self.wait = party.n, party.wait
+            self.sha256, self.transfer = party.sha256, transfer_id(party.transfer)
             self.headers = SenderHeaders.read(self.request.requestHeaders)
             form = open_form(self.request.requestHeaders, self.headers, self, self.registry.clock)
             if form is not None:

@@ -244,14 +244,24 @@ class PipeWeb:
             return b""
         status = query.flag("status")
         if method == b"HEAD" and status:
-            return self._json(request, self.hub.snapshot(name))
+            return self._json(request, self._status(name, target))
         if method != b"GET":
             raise HTTPError(405, f"Method {method.decode('latin-1')} is not allowed.", {b"Allow": PIPE_METHODS})
         if query.flag("progress"):
             return self.progress(request, name, query.get("format"), query.flag("follow"))
         if status:
-            return self._json(request, self.hub.snapshot(name))
+            return self._json(request, self._status(name, target))
         return self.receive(request, name, target)
+
+    def _status(self, name: str, target: Target) -> dict[str, Any]:
+        """``?status``, or with ``&transfer=<id>`` that transfer's, live, retained or receipted."""
+        transfer_id = target.query.get("transfer")
+        if transfer_id is None:
+            return self.hub.snapshot(name)
+        found = self.hub.transfer(name, transfer_id)
+        if found is None:
+            raise HTTPError(404, "Unknown transfer.")
+        return found
 
     def _recalled(self, request: Request, target: Target, method: bytes) -> Any:
         try:

@@ -14,6 +14,8 @@ class FakeSender:
         self.n = n
         self.wait = wait
         self.address = address
+        self.sha256 = False
+        self.transfer: str | None = None
         self.headers = SenderHeaders.read(headers or Headers())
         self.lines: list[str] = []
         self.reading = True
@@ -42,6 +44,7 @@ class FakeReceiver:
         self.n = n
         self.wait = wait
         self.address = address
+        self.sha256 = False
         self.body = b""
         self.begun = False
         self.finished = False
@@ -49,8 +52,9 @@ class FakeReceiver:
         self.refused: HTTPError | None = None
         self.producer: IPushProducer | None = None
 
-    def begin(self, headers: SenderHeaders) -> None:
+    def begin(self, headers: SenderHeaders, transfer_id: str) -> None:
         self.begun = True
+        self.transfer_id = transfer_id
 
     def write(self, frame) -> None:
         assert self.begun and not (self.finished or self.aborted)

@@ -21,6 +21,9 @@ class Recorder:
     def ended(self, pipe) -> None:
         self.ends.append((pipe.state.value, pipe.reason))
 
+    def knows_transfer(self, transfer_id: str) -> bool:
+        return False
+
 
 def registry(**limits) -> tuple[Registry, Clock, Recorder]:
     clock = Clock()
