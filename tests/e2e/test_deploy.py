@@ -11,8 +11,9 @@
   whose ``progress`` events arrive live.
 
 A tool that is missing skips its tests on a developer machine and fails them under ``CI=true``.
-Ports are the kernel's choice (port 0 and the ``--port-file``), except where a proxy or the
-socket activator must be told one: there a free port is found by binding port 0 first.
+Ports are the kernel's choice, never picked beforehand: the daemon binds port 0 and says which
+in its ``--port-file``; nginx and HAProxy inherit a socket bound to port 0 (``NGINX=fd;``, ``bind
+fd@N``). Only the socket activator must be told a port number (see the comment there).
 """
 
 from __future__ import annotations
@@ -69,12 +70,40 @@ def need(tool: str, package: str) -> str:
     pytest.skip(message)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port for a child that must be told one (nginx, HAProxy, the socket activator)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def listening_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A socket listening on a port the kernel chose, for a proxy to inherit (pass_fds)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(511)
+    return sock
+
+
+def port_of(sock: socket.socket) -> int:
+    return sock.getsockname()[1]
+
+
+def wait_answering(
+    port: int, process: subprocess.Popen, what: str, log: Path | None = None, timeout: float = 15
+) -> None:
+    """Until a request to ``port`` gets an answer, any answer: an inherited socket listens (and
+    queues connections) before the server that holds it reads them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            text = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise AssertionError(f"{what} exited {process.returncode} before serving:\n{text}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            conn.request("GET", "/api/v1/pipe/health")
+            conn.getresponse().read()
+            return
+        except (OSError, http.client.HTTPException):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} does not answer on port {port} after {timeout}s") from None
+            time.sleep(0.05)
+        finally:
+            conn.close()
 
 
 def ipv6_loopback() -> bool:
@@ -84,22 +113,6 @@ def ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
-
-
-def wait_listening(host: str, port: int, process: subprocess.Popen, what: str, log: Path | None = None,
-                   timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            text = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            raise AssertionError(f"{what} exited {process.returncode} before listening:\n{text}")
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} is not listening on {host}:{port} after {timeout}s") from None
-            time.sleep(0.05)
 
 
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
@@ -147,14 +160,25 @@ class Launcher:
     def __init__(self) -> None:
         self.started: list[Daemon] = []
 
-    def __call__(self, *args: str, prefix: tuple[str, ...] = (),
-                 timeout: float = 30) -> tuple[Daemon, list[tuple[str, str]]]:
+    def __call__(
+        self, *args: str, prefix: tuple[str, ...] = (), timeout: float = 30
+    ) -> tuple[Daemon, list[tuple[str, str]]]:
         workdir = Path(tempfile.mkdtemp(prefix="hoodypipe-deploy-"))
         port_file = workdir / "port"
         log = workdir / "twistd.log"
         command = [
-            *prefix, TWISTD, "-n", "--pidfile=", "--logfile", str(log), "hoodypipe",
-            "--listen", "tcp:0:interface=127.0.0.1", "--port-file", str(port_file), *args,
+            *prefix,
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            str(log),
+            "hoodypipe",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--port-file",
+            str(port_file),
+            *args,
         ]
         with open(workdir / "stderr", "wb") as errors:
             process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=errors)
@@ -212,9 +236,27 @@ def tls_cert(tmp_path_factory) -> tuple[str, str]:
     openssl = shutil.which("openssl")
     if openssl:
         subprocess.run(
-            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-             "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-            check=True, capture_output=True, timeout=60,
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
     else:  # twisted[tls] brings cryptography
         import datetime
@@ -227,18 +269,29 @@ def tls_cert(tmp_path_factory) -> tuple[str, str]:
 
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         certificate = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(private.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(private, hashes.SHA256())
         )
-        key.write_bytes(private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+        key.write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            )
+        )
         cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return str(key), str(cert)
 
@@ -246,8 +299,15 @@ def tls_cert(tmp_path_factory) -> tuple[str, str]:
 # -- transfers ------------------------------------------------------------------------------------------
 
 
-def transfer(send_url: str, receive_url: str, data: bytes, send_args: tuple[str, ...] = (),
-             receive_args: tuple[str, ...] = (), timeout: float = 30, what: str = "") -> list[str]:
+def transfer(
+    send_url: str,
+    receive_url: str,
+    data: bytes,
+    send_args: tuple[str, ...] = (),
+    receive_args: tuple[str, ...] = (),
+    timeout: float = 30,
+    what: str = "",
+) -> list[str]:
     """Receiver first, then ``curl -T -``: bytes intact, both curls clean; the sender's lines."""
     got = receiver(receive_url, *receive_args, keep=False)
     sender = Sender(send_url, *send_args, data=data)
@@ -265,15 +325,24 @@ def paced(sender: Sender, data: bytes, pieces: int, gap: float) -> None:
     def run() -> None:
         step = -(-len(data) // pieces)
         for start in range(0, len(data), step):
-            sender.proc.stdin.write(data[start:start + step])
+            sender.proc.stdin.write(data[start : start + step])
             sender.proc.stdin.flush()
             time.sleep(gap)
 
     sender.feed_async(run, close=True)
 
 
-def watch_live_transfer(spectator_url: str, receive_url: str, send_url: str, *, spectator_args=(),
-                        receive_args=(), send_args=(), pieces: int = 10, gap: float = 0.2) -> None:
+def watch_live_transfer(
+    spectator_url: str,
+    receive_url: str,
+    send_url: str,
+    *,
+    spectator_args=(),
+    receive_args=(),
+    send_args=(),
+    pieces: int = 10,
+    gap: float = 0.2,
+) -> None:
     """A spectator on ``?progress``, then a paced transfer: ``progress`` events arrive while the
     sender is still sending (not in one burst at the end), then ``done``."""
     data = deterministic_bytes(pieces * 128 * 1024, seed=7)
@@ -302,8 +371,16 @@ def watch_live_transfer(spectator_url: str, receive_url: str, send_url: str, *, 
     assert done.at >= progress[-1].at
 
 
-def streamed_transfer(send_url: str, receive_url: str, *, size: int = 64 * MIB, daemon: Daemon, name: str,
-                      stall_hint: str = "", timeout: float = 40) -> None:
+def streamed_transfer(
+    send_url: str,
+    receive_url: str,
+    *,
+    size: int = 64 * MIB,
+    daemon: Daemon,
+    name: str,
+    stall_hint: str = "",
+    timeout: float = 40,
+) -> None:
     """A ``size`` transfer, receiver first; the receiver must hold a good share of the bytes
     while the sender still has half of them to send (nothing spools the whole body)."""
     data = deterministic_bytes(size, seed=11)
@@ -316,19 +393,21 @@ def streamed_transfer(send_url: str, receive_url: str, *, size: int = 64 * MIB, 
     def feed() -> None:
         view = memoryview(data)
         for start in range(0, half, MIB):
-            sender.proc.stdin.write(view[start:start + MIB])
+            sender.proc.stdin.write(view[start : start + MIB])
         sender.proc.stdin.flush()
         gate.wait(60)
         for start in range(half, size, MIB):
-            sender.proc.stdin.write(view[start:start + MIB])
+            sender.proc.stdin.write(view[start : start + MIB])
 
     sender.feed_async(feed, close=True)
     try:
         try:
             got.wait_bytes(4 * MIB, timeout=20)
         except AssertionError as error:
-            raise AssertionError(f"the receiver got {got.nbytes} bytes while the sender held back half of "
-                                 f"{size}: the upload or the download is buffered ({error})") from None
+            raise AssertionError(
+                f"the receiver got {got.nbytes} bytes while the sender held back half of "
+                f"{size}: the upload or the download is buffered ({error})"
+            ) from None
         assert sender.proc.poll() is None and sender.fed_at is None, "the sender finished early"
     finally:
         gate.set()
@@ -359,9 +438,16 @@ def endpoints(module_launcher, tls_cert):
     key, cert = tls_cert
     sock = Path(tempfile.mkdtemp(prefix="hp-unix-")) / "hoodypipe.sock"
     daemon, lines = module_launcher(
-        "--listen", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
-        "--listen", f"unix:{sock}",
-        "--progress-interval", "0.05", "--wait-timeout", "30", "--idle-timeout", "30",
+        "--listen",
+        f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+        "--listen",
+        f"unix:{sock}",
+        "--progress-interval",
+        "0.05",
+        "--wait-timeout",
+        "30",
+        "--idle-timeout",
+        "30",
     )
     yield daemon, lines, sock, cert
     shutil.rmtree(sock.parent, ignore_errors=True)
@@ -390,8 +476,9 @@ def test_tls_transfers(endpoints):
     name = unique("tls")
     transfer(f"{plain}/{name}", f"{tls}/{name}", small, (), verify, what="http -> https")
     # The help page's examples name the URL the client used, scheme included.
-    help_text = subprocess.run(["curl", "-sS", *verify, f"https://localhost:{lines[1][1]}/help"],
-                               capture_output=True, timeout=10).stdout.decode()
+    help_text = subprocess.run(
+        ["curl", "-sS", *verify, f"https://localhost:{lines[1][1]}/help"], capture_output=True, timeout=10, check=False
+    ).stdout.decode()
     assert f"https://localhost:{lines[1][1]}/" in help_text, help_text[:500]
 
 
@@ -400,8 +487,14 @@ def test_tls_sse_watch(endpoints):
     tls = f"https://localhost:{lines[1][1]}/api/v1/pipe"
     name = unique("tls-sse")
     verify = ("--cacert", cert)
-    watch_live_transfer(f"{tls}/{name}?progress", f"{tls}/{name}", f"{tls}/{name}",
-                        spectator_args=verify, receive_args=verify, send_args=verify)
+    watch_live_transfer(
+        f"{tls}/{name}?progress",
+        f"{tls}/{name}",
+        f"{tls}/{name}",
+        spectator_args=verify,
+        receive_args=verify,
+        send_args=verify,
+    )
 
 
 def test_unix_socket(endpoints):
@@ -413,8 +506,9 @@ def test_unix_socket(endpoints):
     transfer(f"{base}/{name}", f"{base}/{name}", data, via, via, what="unix -> unix")
     name = unique("unix")
     transfer(f"{base}/{name}", f"{daemon.base}/api/v1/pipe/{name}", data[:MIB], via, (), what="unix -> tcp")
-    answer = subprocess.run(["curl", "-sS", *via, "http://localhost/api/v1/pipe/health"], capture_output=True,
-                            timeout=10)
+    answer = subprocess.run(
+        ["curl", "-sS", *via, "http://localhost/api/v1/pipe/health"], capture_output=True, timeout=10, check=False
+    )
     assert b'"status":"ok"' in answer.stdout, answer
 
 
@@ -434,7 +528,12 @@ def test_systemd_socket_activation(tmp_path):
         host, args = "::1", argv[1:]
     else:
         host, args = "127.0.0.1", [a.replace("domain=INET6", "domain=INET") for a in argv[1:]]
-    port = free_port(host)
+    # The activator must be told a port number (it refuses port 0) and cannot be handed a
+    # socket, so this one port is picked by binding port 0 and letting it go: another process
+    # could take it in between, and then the activator fails to listen and the test fails.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
     bracketed = f"[{host}]" if ":" in host else host
     journal = tmp_path / "journal"  # twistd -n logs to stdout, which systemd hands to the journal
     with open(journal, "wb") as out:
@@ -442,11 +541,14 @@ def test_systemd_socket_activation(tmp_path):
         # --fdname, and without it Twisted's systemd: endpoint sees no descriptor at all.
         process = subprocess.Popen(
             [activate, "-l", f"{bracketed}:{port}", f"--fdname={fdname}", TWISTD, *args],
-            cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
-        wait_for(lambda: b"Listening on" in journal.read_bytes() or process.poll() is not None, 10,
-                 "the activator to listen")
+        wait_for(
+            lambda: b"Listening on" in journal.read_bytes() or process.poll() is not None, 10, "the activator to listen"
+        )
         # The first connection starts the daemon, which adopts the socket and answers it.
         conn = http.client.HTTPConnection(host, port, timeout=30)
         try:
@@ -457,8 +559,14 @@ def test_systemd_socket_activation(tmp_path):
             conn.close()
         base = f"http://{bracketed}:{port}/api/v1/pipe"
         name = unique("sd")
-        transfer(f"{base}/{name}", f"{base}/{name}", deterministic_bytes(8 * MIB, seed=9), ("-g",), ("-g",),
-                 what="socket-activated")
+        transfer(
+            f"{base}/{name}",
+            f"{base}/{name}",
+            deterministic_bytes(8 * MIB, seed=9),
+            ("-g",),
+            ("-g",),
+            what="socket-activated",
+        )
     finally:
         code = stop(process)
     text = journal.read_text(errors="replace")
@@ -471,8 +579,15 @@ def test_systemd_socket_activation(tmp_path):
 def test_systemd_endpoint_without_a_socket_is_a_usage_error(tmp_path):
     """hoodypipe.service started without its socket: a clear usage error, not a traceback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-    done = subprocess.run([TWISTD, "-n", "--pidfile=", "hoodypipe", "--listen", "systemd:domain=INET6:index=0"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "hoodypipe", "--listen", "systemd:domain=INET6:index=0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     output = done.stdout + done.stderr
     assert done.returncode != 0, output[-2000:]
     assert "Traceback" not in output and "invalid --listen endpoint" in output, output[-600:]
@@ -483,12 +598,24 @@ def test_systemd_units_verify(tmp_path):
     service = (ETC / "hoodypipe.service").read_text()
     (tmp_path / "hoodypipe.service").write_text(service.replace("/opt/hoodypipe/bin/twistd", TWISTD))
     shutil.copy(ETC / "hoodypipe.socket", tmp_path / "hoodypipe.socket")
-    done = subprocess.run([analyze, "verify", "--man=no", "./hoodypipe.socket", "./hoodypipe.service"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [analyze, "verify", "--man=no", "./hoodypipe.socket", "./hoodypipe.service"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     complaints = [line for line in (done.stdout + done.stderr).splitlines() if "hoodypipe." in line]
     assert done.returncode == 0 and not complaints, done.stdout + done.stderr
-    security = subprocess.run([analyze, "security", "--offline=true", "--no-pager", "./hoodypipe.service"],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    security = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", "./hoodypipe.service"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     found = re.search(r"Overall exposure level for hoodypipe\.service: ([\d.]+)", security.stdout)
     if security.returncode == 0 and found:
         assert float(found.group(1)) <= 2.0, security.stdout[-3000:]
@@ -517,17 +644,27 @@ def test_memory_deny_write_execute(launcher, tmp_path):
     under the kernel's equivalent, PR_SET_MDWE, inherited across exec."""
     # The wrapper sets the flag, then execs; the flag must survive the exec (PR_GET_MDWE is 66).
     probe = subprocess.run(
-        [sys.executable, "-c", MDWE_WRAPPER, sys.executable, "-c",
-         "import ctypes; print(ctypes.CDLL(None).prctl(66, 0, 0, 0, 0))"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-c",
+            MDWE_WRAPPER,
+            sys.executable,
+            "-c",
+            "import ctypes; print(ctypes.CDLL(None).prctl(66, 0, 0, 0, 0))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     if probe.returncode != 0:
         pytest.skip(f"this kernel cannot refuse W+X memory per process ({probe.stderr.strip()})")
     assert probe.stdout.strip() == "1", probe
     sock = Path(tempfile.mkdtemp(prefix="hp-mdwe-")) / "s.sock"
     try:
-        daemon, _ = launcher("--listen", f"unix:{sock}", "--progress-interval", "0.05",
-                             prefix=(sys.executable, "-c", MDWE_WRAPPER))
+        daemon, _ = launcher(
+            "--listen", f"unix:{sock}", "--progress-interval", "0.05", prefix=(sys.executable, "-c", MDWE_WRAPPER)
+        )
         name = unique("mdwe")
         transfer(daemon.url(name), daemon.url(name), deterministic_bytes(8 * MIB, seed=13), what="under MDWE")
         name = unique("mdwe")
@@ -546,24 +683,35 @@ def test_memory_deny_write_execute(launcher, tmp_path):
 def proxied(module_launcher):
     """One daemon shared by the proxy tests, trusting them as the recipes say; short idle timeout
     so a stall fails fast."""
-    daemon, _ = module_launcher("--progress-interval", "0.05", "--wait-timeout", "30", "--idle-timeout", "10",
-                                "--trusted-proxy", "127.0.0.1")
+    daemon, _ = module_launcher(
+        "--progress-interval", "0.05", "--wait-timeout", "30", "--idle-timeout", "10", "--trusted-proxy", "127.0.0.1"
+    )
     return daemon
 
 
 class Nginx:
-    def __init__(self, binary: str, conf_text: str, where: Path, ports: list[int]) -> None:
+    """nginx on ``sockets`` (bound to port 0 here): it takes the ones its ``listen`` lines name
+    from the ``NGINX`` variable, its own way of inheriting sockets across an upgrade."""
+
+    def __init__(self, binary: str, conf_text: str, where: Path, sockets: list[socket.socket]) -> None:
         self.where = where
         self.conf = where / "nginx.conf"
         self.error_log = where / "error.log"
         self.conf.write_text(conf_text)
+        fds = [s.fileno() for s in sockets]
         with open(where / "stderr", "wb") as errors:
             self.process = subprocess.Popen(
                 [binary, "-c", str(self.conf), "-p", str(where), "-e", str(self.error_log)],
-                cwd=where, stdout=subprocess.DEVNULL, stderr=errors,
+                cwd=where,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                pass_fds=fds,
+                env={**os.environ, "NGINX": "".join(f"{fd};" for fd in fds)},
             )
-        for port in ports:
-            wait_listening("127.0.0.1", port, self.process, "nginx", self.error_log)
+        for sock in sockets:
+            port = port_of(sock)
+            sock.close()  # nginx holds it now
+            wait_answering(port, self.process, "nginx", self.error_log)
 
     def close(self) -> None:
         stop(self.process)
@@ -590,14 +738,15 @@ def nginx(proxied, tmp_path_factory) -> Iterator[str]:
     """nginx on a loopback port, proxying through etc/nginx-hoodypipe-proxy.conf."""
     binary = need("nginx", "nginx-light")
     where = tmp_path_factory.mktemp("nginx")
-    port = free_port()
+    sock = listening_socket()
+    port = port_of(sock)
     body = f"""
     upstream hoodypipe {{ server 127.0.0.1:{proxied.port}; keepalive 8; }}
     server {{
         listen 127.0.0.1:{port};
         location / {{ include {ETC}/nginx-hoodypipe-proxy.conf; }}
     }}"""
-    server = Nginx(binary, nginx_main(where, body), where, [port])
+    server = Nginx(binary, nginx_main(where, body), where, [sock])
     yield f"http://127.0.0.1:{port}"
     server.close()
 
@@ -619,7 +768,8 @@ def test_nginx_site_recipe(proxied, tls_cert, tmp_path):
     """etc/nginx.conf as shipped (addresses and paths rewritten): TLS, redirect, a transfer, Host."""
     binary = need("nginx", "nginx-light")
     key, cert = tls_cert
-    http_port, https_port = free_port(), free_port()
+    sockets = [listening_socket(), listening_socket()]
+    http_port, https_port = (port_of(s) for s in sockets)
     site = (ETC / "nginx.conf").read_text()
     replacements = [
         (r"include /etc/nginx/snippets/hoodypipe-proxy\.conf;", f"include {ETC}/nginx-hoodypipe-proxy.conf;"),
@@ -634,10 +784,15 @@ def test_nginx_site_recipe(proxied, tls_cert, tmp_path):
     for pattern, replacement in replacements:
         site, count = re.subn(pattern, replacement, site)
         assert count, f"etc/nginx.conf no longer has {pattern!r}"
-    server = Nginx(binary, nginx_main(tmp_path, site), tmp_path, [http_port, https_port])
+    server = Nginx(binary, nginx_main(tmp_path, site), tmp_path, sockets)
     try:
-        redirect = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
-                                   f"http://127.0.0.1:{http_port}/x"], capture_output=True, text=True, timeout=10)
+        redirect = subprocess.run(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", f"http://127.0.0.1:{http_port}/x"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         assert redirect.stdout.startswith("308 https://127.0.0.1/x"), redirect
         base = f"https://localhost:{https_port}"
         verify = ("--cacert", cert)
@@ -649,8 +804,9 @@ def test_nginx_site_recipe(proxied, tls_cert, tmp_path):
             raise AssertionError(f"{error}\n(daemon: {status(proxied, name)}) {NGINX_STALL}") from None
         # Host with its port reaches the daemon ($http_host), and X-Forwarded-Proto from a trusted
         # proxy: /help names the proxy's address, https included.
-        help_text = subprocess.run(["curl", "-sS", *verify, f"{base}/help"], capture_output=True,
-                                   timeout=10).stdout.decode()
+        help_text = subprocess.run(
+            ["curl", "-sS", *verify, f"{base}/help"], capture_output=True, timeout=10, check=False
+        ).stdout.decode()
         assert f"https://localhost:{https_port}/" in help_text, help_text[:500]
     finally:
         server.close()
@@ -664,12 +820,15 @@ def haproxy(proxied, tmp_path_factory) -> Iterator[str]:
     """HAProxy with etc/haproxy.cfg, its bind and server rewritten to loopback test ports."""
     binary = need("haproxy", "haproxy")
     where = tmp_path_factory.mktemp("haproxy")
-    check = subprocess.run([binary, "-c", "-f", str(ETC / "haproxy.cfg")], capture_output=True, text=True, timeout=30)
+    check = subprocess.run(
+        [binary, "-c", "-f", str(ETC / "haproxy.cfg")], capture_output=True, text=True, timeout=30, check=False
+    )
     assert check.returncode == 0, check.stdout + check.stderr
-    port = free_port()
+    sock = listening_socket()  # HAProxy inherits it: "bind fd@N"
+    port = port_of(sock)
     cfg = (ETC / "haproxy.cfg").read_text()
     replacements = [
-        (r"(?m)^(\s*)bind :80$", rf"\g<1>bind 127.0.0.1:{port}"),
+        (r"(?m)^(\s*)bind :80$", rf"\g<1>bind fd@{sock.fileno()}"),
         (r"server hoodypipe1 127\.0\.0\.1:8080", f"server hoodypipe1 127.0.0.1:{proxied.port}"),
         (r"log /dev/log", "log stderr"),
         (r"(?m)^(\s*)maxconn \d+$", r"\g<1>maxconn 1000"),  # global: within any fd limit
@@ -680,9 +839,15 @@ def haproxy(proxied, tmp_path_factory) -> Iterator[str]:
     (where / "haproxy.cfg").write_text(cfg)
     log = where / "haproxy.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([binary, "-db", "-f", str(where / "haproxy.cfg")], cwd=where,
-                                   stdout=out, stderr=subprocess.STDOUT)
-    wait_listening("127.0.0.1", port, process, "haproxy", log)
+        process = subprocess.Popen(
+            [binary, "-db", "-f", str(where / "haproxy.cfg")],
+            cwd=where,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            pass_fds=[sock.fileno()],
+        )
+    sock.close()  # HAProxy holds it now
+    wait_answering(port, process, "haproxy", log)
     yield f"http://127.0.0.1:{port}"
     stop(process)
     text = log.read_text(errors="replace")
