@@ -16,6 +16,7 @@ from hoodypipe.malloc import keep_buffers
 from hoodypipe.pipes import Limits, Registry
 from hoodypipe.proxy import normal_address
 from hoodypipe.service import PipeService, ignore_hangups
+from hoodypipe.signals import one_shutdown
 from hoodypipe.store import STORE_FORMS, RedisStore, parse_store
 from hoodypipe.web import PipeWeb
 
@@ -199,6 +200,7 @@ def makeService(config: Options, reactor: Any = None) -> PipeService:
         # The daemon's own process only (never a test's): see malloc.py.
         keep_buffers()
         ignore_hangups(reactor)
+        one_shutdown(reactor)  # a second SIGTERM during the drain only says so
     address = parse_store(config["store"])
     store = RedisStore(reactor, address, config["retain"]) if address is not None else None
     parts = build(

@@ -64,3 +64,26 @@ def test_a_transfer_outliving_the_drain_fails_visibly_everywhere(daemon_factory)
     sender.wait(15)
     assert sender.lines[-1] == "[ERROR] Server is shutting down."
     wait_for(lambda: watcher.ended, 10, "the spectator stream to end")
+
+
+def test_a_second_sigterm_during_the_drain_only_says_the_drain_goes_on(daemon_factory):
+    """Issue 9: Twisted stops the reactor on every SIGTERM or SIGINT, and the second
+    stop raised ReactorNotRunning, a traceback in the log in the middle of the drain."""
+    daemon = daemon_factory("--drain-timeout", "30")
+    name = unique("twice")
+    got = receiver(daemon.url(name), keep=False)
+    sender = Sender(daemon.url(name))
+    paced(sender, 4 * MiB, 2.0)
+    wait_status(daemon, name, state="streaming")
+
+    daemon.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: "draining 1 transfer(s)" in daemon.log_text(), 10, "the drain to begin")
+    daemon.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: "again" in daemon.log_text(), 10, "the second SIGTERM to be told")
+    daemon.process.send_signal(signal.SIGINT)
+    assert got.wait(30) == 0 and got.nbytes == 4 * MiB  # the drain went on
+    assert sender.wait(30) == 0 and sender.lines[-1] == "[INFO] Transfer complete."
+    assert daemon.process.wait(30) == -signal.SIGTERM  # still the signal it stopped on
+    text = daemon.log_text()
+    assert "Traceback" not in text and "ReactorNotRunning" not in text, text[-3000:]
+    assert "Received SIGTERM again: already draining" in text and "Received SIGINT again: already draining" in text
