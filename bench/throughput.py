@@ -10,6 +10,8 @@ receiver must report exactly --size bytes.
 
 Targets (measured interleaved in one run: A, B, C, A, B, C, ...):
   hoodypipe      `twistd -n hoodypipe` from --twistd, URL /api/v1/pipe/NAME
+  hoodypipe-sha256  the same, URL /api/v1/pipe/NAME?sha256 (the daemon hashes the stream)
+  hoodypipe-sha256-thread  the same, hashing in a thread of its own (HOODYPIPE_SHA256=thread)
   piping-server  the npm package, installed into --npm-dir if missing
   limit          curl uploading into a discarding HTTP server (_sink.py)
 
@@ -48,7 +50,7 @@ from _common import (
     wait_port_file,
 )
 
-TARGETS = ("hoodypipe", "piping-server", "limit")
+TARGETS = ("hoodypipe", "hoodypipe-sha256", "hoodypipe-sha256-thread", "piping-server", "limit")
 RATIO_TARGETS = {"piping-server": 1.2, "limit": 0.85}
 WARMUP_SIZE = 64 * MIB
 # Run as `node -e REPORT_PORT PORT_FILE SCRIPT ARGS...`: SCRIPT runs as if started
@@ -115,6 +117,12 @@ def start_target(target, args):
     if target == "hoodypipe":
         child, port = start_hoodypipe(args.twistd)
         return child, lambda name: pipe_url(port, name)
+    if target in ("hoodypipe-sha256", "hoodypipe-sha256-thread"):
+        # The same relay with ?sha256: the daemon hashes every byte it relays,
+        # in the reactor's thread (its default), or in a thread of its own.
+        env = dict(os.environ, HOODYPIPE_SHA256="thread") if target.endswith("thread") else None
+        child, port = start_hoodypipe(args.twistd, env=env)
+        return child, lambda name: pipe_url(port, name) + "?sha256"
     if target == "piping-server":
         return start_piping_server(args.npm_dir)
     return start_limit()
@@ -128,15 +136,15 @@ def mbps(size, seconds):
 
 def report(results, size, runs):
     print()
-    print("%-14s %6s %9s %9s %9s  %s" % ("target", "ok", "median", "min", "max",
+    print("%-24s %6s %9s %9s %9s  %s" % ("target", "ok", "median", "min", "max",
                                         "runs (MB/s)"))
     medians = {}
     for target, rates in results.items():
         if not rates:
-            print("%-14s %3d/%-2d %9s" % (target, 0, runs, "-"))
+            print("%-24s %3d/%-2d %9s" % (target, 0, runs, "-"))
             continue
         medians[target] = statistics.median(rates)
-        print("%-14s %3d/%-2d %9.0f %9.0f %9.0f  %s" % (
+        print("%-24s %3d/%-2d %9.0f %9.0f %9.0f  %s" % (
             target, len(rates), runs, medians[target], min(rates), max(rates),
             " ".join("%.0f" % r for r in rates)))
     parts = ["%s %.0f MB/s" % (t, medians[t]) for t in results if t in medians]
@@ -147,6 +155,10 @@ def report(results, size, runs):
                 parts.append("ratio vs %s %.2f%s" % (
                     other, ratio, "" if ratio >= goal else
                     " MISSED (target >= %.2f)" % goal))
+    if "hoodypipe" in medians and "hoodypipe-sha256" in medians:
+        parts.append("?sha256 on/off %.2f" % (medians["hoodypipe-sha256"] / medians["hoodypipe"]))
+    if "hoodypipe" in medians and "hoodypipe-sha256-thread" in medians:
+        parts.append("thread on/off %.2f" % (medians["hoodypipe-sha256-thread"] / medians["hoodypipe"]))
     print("\nsize %d bytes (%.0f MiB), %d runs" % (size, size / MIB, runs))
     print(" | ".join(parts))
 

@@ -9,7 +9,6 @@ lifecycle can be read off ``TRANSITIONS``.
 from __future__ import annotations
 
 import enum
-import hashlib
 import secrets
 from collections import Counter
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from hoodypipe.digest import InlineDigest
 from hoodypipe.errors import HTTPError
 from hoodypipe.fairshare import Shares
 from hoodypipe.parties import Party, ReceiverParty, SenderParty
@@ -28,6 +28,7 @@ from hoodypipe.relay import Relay, step_for
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from hoodypipe.digest import Hasher
     from hoodypipe.frame import Payload
 
 log = Logger()
@@ -279,7 +280,7 @@ class Pipe:
             self._unwait(party)
         self.streaming_at = self.clock.seconds()
         self.hashed = self.sender.sha256 or any(receiver.sha256 for receiver in self.receivers)
-        self.relay = Relay(self.sender, self.receivers, hashlib.sha256() if self.hashed else None)
+        self.relay = Relay(self.sender, self.receivers, self.registry.hasher() if self.hashed else None)
         self.receivers = []
         if self.transfer_id is None:
             self.registry.claim_transfer_id(secrets.token_urlsafe(16), self)
@@ -331,7 +332,10 @@ class Pipe:
         self._delivering = True
         unacknowledged = sum(receiver.unacknowledged() for receiver in self.relay.receivers)
         if unacknowledged == 0:
-            self._complete()
+            if self.relay.digest is not None and self.sha256 is None:
+                self.relay.digest.result(self._hashed)  # at once, or when the hashing thread is through
+            else:
+                self._complete()
             return
         if unacknowledged < self._unacknowledged:
             self.relay.activity += 1
@@ -339,13 +343,15 @@ class Pipe:
         self._delivery_poll = min(self._delivery_poll * 2, DELIVERY_POLL_MAX)
         self._delivery_check = self.clock.callLater(self._delivery_poll, self._await_delivery)
 
+    def _hashed(self, hexdigest: str) -> None:
+        self.sha256 = hexdigest
+        self._complete()
+
     def _complete(self) -> None:
         if self.state is not State.STREAMING:
             return
         assert self.relay is not None
         self.finished_at = self.clock.seconds()
-        if self.relay.digest is not None:
-            self.sha256 = self.relay.digest.hexdigest()
         self._enter(State.COMPLETE)
         self._stop_idle_check()
         if self.sender is not None and self.sha256 is not None:
@@ -370,6 +376,8 @@ class Pipe:
         self.reason = reason
         self.finished_at = self.clock.seconds()
         was_streaming = self.state is State.STREAMING
+        if self.relay is not None and self.relay.digest is not None:
+            self.relay.digest.cancel()
         self._enter(State.FAILED)
         self._stop_idle_check()
         receivers = self.relay.receivers if self.relay else self.receivers
@@ -482,8 +490,16 @@ class Pipe:
 class Registry:
     """The live pipes by name, the daemon-wide caps, and who to tell."""
 
-    def __init__(self, clock: IReactorTime, limits: Limits | None = None, observer: PipeObserver | None = None):
+    def __init__(
+        self,
+        clock: IReactorTime,
+        limits: Limits | None = None,
+        observer: PipeObserver | None = None,
+        hasher: Callable[[], Hasher] = InlineDigest,
+    ):
         self.clock = clock
+        # Makes the ?sha256 hasher of a transfer (see digest.py).
+        self.hasher = hasher
         self.limits = limits or Limits()
         self.observer: PipeObserver = observer or _NoObserver()
         self.pipes: dict[str, Pipe] = {}

@@ -19,8 +19,7 @@ from zope.interface import implementer
 from hoodypipe.frame import Frame
 
 if TYPE_CHECKING:
-    from hashlib import _Hash as Hash
-
+    from hoodypipe.digest import Hasher
     from hoodypipe.frame import Payload
     from hoodypipe.parties import ReceiverParty, SenderParty
 
@@ -64,7 +63,7 @@ class _ReceiverFlow:
 class Relay:
     """Lockstep fan-out from one sender to N receivers."""
 
-    def __init__(self, sender: SenderParty, receivers: list[ReceiverParty], digest: Hash | None = None) -> None:
+    def __init__(self, sender: SenderParty, receivers: list[ReceiverParty], digest: Hasher | None = None) -> None:
         self.sender = sender
         self.receivers = list(receivers)
         # ?sha256: every byte relayed, hashed once for all receivers.

@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from hoodypipe.backlog import DEFAULT_BACKLOG, with_backlog
 from hoodypipe.channel import PipeSite
+from hoodypipe.digest import InlineDigest, digest_maker
 from hoodypipe.fairshare import DEFAULT_IPV6_PREFIX
 from hoodypipe.hub import Hub, HubLimits
 from hoodypipe.malloc import keep_buffers
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from twisted.internet.interfaces import IReactorTime
+
+    from hoodypipe.digest import Hasher
 
     from hoodypipe.store import FinalStore
 
@@ -171,6 +174,7 @@ def build(
     trusted_proxies: frozenset[str] = frozenset(),
     ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
     store: FinalStore | None = None,
+    hasher: Callable[[], Hasher] = InlineDigest,
 ) -> Parts:
     """Registry, hub, Klein app and site, wired the one way they are.
 
@@ -179,7 +183,7 @@ def build(
     """
     registry: Registry
     hub = Hub(clock, lambda name: registry.pipes.get(name), hub_limits, store)  # noqa: PLW0108 (bound later)
-    registry = Registry(clock, limits, observer=hub)
+    registry = Registry(clock, limits, observer=hub, hasher=hasher)
     web = PipeWeb(registry, hub, clock)
     site = PipeSite(
         web.resource(),
@@ -201,6 +205,7 @@ def makeService(config: Options, reactor: Any = None) -> PipeService:
         keep_buffers()
         ignore_hangups(reactor)
         one_shutdown(reactor)  # a second SIGTERM during the drain only says so
+    hasher = digest_maker(reactor)
     address = parse_store(config["store"])
     store = RedisStore(reactor, address, config["retain"]) if address is not None else None
     parts = build(
@@ -225,6 +230,7 @@ def makeService(config: Options, reactor: Any = None) -> PipeService:
         max_per_address=config["max-connections-per-address"],
         trusted_proxies=frozenset(config["trusted-proxy"]),
         ipv6_prefix=config["ipv6-prefix"],
+        hasher=hasher,
         store=store,
     )
     endpoints = [serverFromString(reactor, with_backlog(each, config["backlog"])) for each in config["listen"]]

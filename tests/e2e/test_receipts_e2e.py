@@ -54,13 +54,15 @@ def test_the_daemons_digest_is_what_was_sent_and_received(daemon, big_random_fil
     proc, out, headers = receive_to_file(daemon, name, tmp_path)
     wait_status(daemon, name, state="waiting", activeReceivers=1)
     if mode == "file":
-        sent = subprocess.run([CURL, "-sS", "-T", str(path), daemon.url(name, "sha256")],
-                              capture_output=True, timeout=120)
+        sent = subprocess.run(
+            [CURL, "-sS", "-T", str(path), daemon.url(name, "sha256")], capture_output=True, timeout=120
+        )
         lines = sent.stdout.decode().splitlines()
     else:
         with open(path, "rb") as source:
-            sent = subprocess.run([CURL, "-sS", "-T", "-", daemon.url(name, "sha256")],
-                                  stdin=source, capture_output=True, timeout=120)
+            sent = subprocess.run(
+                [CURL, "-sS", "-T", "-", daemon.url(name, "sha256")], stdin=source, capture_output=True, timeout=120
+            )
         lines = sent.stdout.decode().splitlines()
     assert proc.wait(120) == 0 and sent.returncode == 0
     assert sha_line(lines) == expected == file_sha(out)
