@@ -60,13 +60,13 @@ class Child:
         self.port_file = os.path.join(self.workdir, "port")
         argv = [self.port_file if a is PORT_FILE else a for a in argv]
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (open as long as the child runs)
-            prefix="hoodypipe-bench-%s-" % name, suffix=".log", delete=False)
+            prefix="hoodypipe-bench-%s-" % name, suffix=".log", delete=False
+        )
         popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
         popen_kwargs.setdefault("stdout", self.log)
         popen_kwargs.setdefault("stderr", self.log)
         try:
-            self.proc = subprocess.Popen(
-                argv, start_new_session=True, **popen_kwargs)
+            self.proc = subprocess.Popen(argv, start_new_session=True, **popen_kwargs)
         except BaseException:
             self.log.close()
             os.unlink(self.log.name)
@@ -96,11 +96,11 @@ def wait_port_file(child, timeout=15.0):
     deadline = time.monotonic() + timeout
     while not os.path.exists(child.port_file):
         if child.proc.poll() is not None:
-            raise RuntimeError("%s exited with %s before listening:\n%s"
-                               % (child.name, child.proc.returncode, child.log_tail()))
+            raise RuntimeError(
+                "%s exited with %s before listening:\n%s" % (child.name, child.proc.returncode, child.log_tail())
+            )
         if time.monotonic() > deadline:
-            raise RuntimeError("%s wrote no port after %.0f s:\n%s"
-                               % (child.name, timeout, child.log_tail()))
+            raise RuntimeError("%s wrote no port after %.0f s:\n%s" % (child.name, timeout, child.log_tail()))
         time.sleep(0.02)
     with open(child.port_file) as f:
         return int(f.readline().split()[-1])
@@ -136,26 +136,39 @@ def wait_http_ok(child, port, path, timeout=15.0):
     deadline = time.monotonic() + timeout
     while True:
         if child.proc.poll() is not None:
-            raise RuntimeError("%s exited with %s before becoming ready:\n%s"
-                               % (child.name, child.proc.returncode, child.log_tail()))
+            raise RuntimeError(
+                "%s exited with %s before becoming ready:\n%s" % (child.name, child.proc.returncode, child.log_tail())
+            )
         try:
             if http_status(port, path) == 200:
                 return
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError("%s not ready on port %d after %.0f s:\n%s"
-                               % (child.name, port, timeout, child.log_tail()))
+            raise RuntimeError(
+                "%s not ready on port %d after %.0f s:\n%s" % (child.name, port, timeout, child.log_tail())
+            )
         time.sleep(0.1)
 
 
 def start_hoodypipe(twistd, extra_args=(), **popen_kwargs):
     """Start the hoodypipe daemon on a port the kernel chooses (it says which in
     its --port-file); returns (Child, port)."""
-    child = Child("hoodypipe", [
-        twistd, "-n", "--pidfile=", "hoodypipe",
-        "--listen", "tcp:0:interface=%s" % HOST, "--port-file", PORT_FILE, *extra_args],
-        **popen_kwargs)
+    child = Child(
+        "hoodypipe",
+        [
+            twistd,
+            "-n",
+            "--pidfile=",
+            "hoodypipe",
+            "--listen",
+            "tcp:0:interface=%s" % HOST,
+            "--port-file",
+            PORT_FILE,
+            *extra_args,
+        ],
+        **popen_kwargs,
+    )
     try:
         port = wait_port_file(child)
         wait_http_ok(child, port, HEALTH_PATH)
@@ -229,9 +242,9 @@ class TransferFailed(Exception):
 
 
 def curl(argv, **popen_kwargs):
-    return subprocess.Popen(["curl", "-sS", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True,
-                            **popen_kwargs)
+    return subprocess.Popen(
+        ["curl", "-sS", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **popen_kwargs
+    )
 
 
 def transfer(url, size, timeout, relay=True, receiver_args=()):
@@ -245,18 +258,20 @@ def transfer(url, size, timeout, relay=True, receiver_args=()):
     procs = []
     receiver = None
     try:
-        gen = subprocess.Popen(generator_argv(size), stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
+        gen = subprocess.Popen(
+            generator_argv(size),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         procs.append(gen)
         gen.stderr.readline()  # its start-up is not part of the measurement
         t0 = time.monotonic()
         if relay:
-            receiver = curl([*receiver_args, url, "-o", "/dev/null",
-                             "-w", "%{http_code} %{size_download}"])
+            receiver = curl([*receiver_args, url, "-o", "/dev/null", "-w", "%{http_code} %{size_download}"])
             procs.append(receiver)
-        sender = curl(["-T", "-", url, "-o", "/dev/null", "-w", "%{http_code}"],
-                      stdin=gen.stdout)
+        sender = curl(["-T", "-", url, "-o", "/dev/null", "-w", "%{http_code}"], stdin=gen.stdout)
         gen.stdout.close()  # only curl holds the pipe now
         procs.append(sender)
         finished = wait_all(procs, timeout)
@@ -287,8 +302,7 @@ def _check_curl(role, proc, expected_size):
     # Note: curl's %{size_upload} counts the chunk framing too, so only the
     # receiver's byte count is checked.
     if expected_size is not None and int(fields[1]) != expected_size:
-        raise TransferFailed("%s got %s bytes, expected %d"
-                             % (role, fields[1], expected_size))
+        raise TransferFailed("%s got %s bytes, expected %d" % (role, fields[1], expected_size))
 
 
 def argument_parser(doc):
@@ -297,5 +311,4 @@ def argument_parser(doc):
     import argparse
 
     head, _, rest = doc.partition("\n\n")
-    return argparse.ArgumentParser(description=head, epilog=rest,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(description=head, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)

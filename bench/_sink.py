@@ -57,8 +57,7 @@ def handle(conn):
             if (request.headers.get("Expect") or "").lower() == "100-continue":
                 conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             discard(conn, BodyDecoder.for_request(request.headers), rest)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
-                         b"Connection: close\r\n\r\n")
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         except (BadRequest, BadMessage, OSError) as e:
             print("sink: %s" % e, file=sys.stderr, flush=True)
 

@@ -84,18 +84,19 @@ from _common import (
 
 from tests.support.httpwire import ResponseParser, request
 
-PATTERN_SIZE = 64 * 1024        # the per-pipe repeating pattern; also the largest chunk
-PACE_STEP = 0.05                # a paced sender writes every 50 ms
-CONNECT_CONCURRENCY = 16        # spectators opening at once, per client process
-SETTLE = 2.0                    # seconds before each phase
+PATTERN_SIZE = 64 * 1024  # the per-pipe repeating pattern; also the largest chunk
+PACE_STEP = 0.05  # a paced sender writes every 50 ms
+CONNECT_CONCURRENCY = 16  # spectators opening at once, per client process
+SETTLE = 2.0  # seconds before each phase
 RECV_SIZE = 65536
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)   # Linux; SCM_ has the same value
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_ has the same value
 TIMESPEC = struct.Struct("@qq")
 ANCILLARY_SIZE = socket.CMSG_SPACE(TIMESPEC.size)
 ELAPSED = re.compile(rb'"elapsed":([0-9.eE+-]+)')
 
 
 # --- HTTP client side (used by the client processes) ---------------------------
+
 
 class Pattern:
     """The bytes a pipe carries: one random block per pipe, repeated."""
@@ -108,13 +109,13 @@ class Pattern:
     def at(self, offset, size):
         """`size` (<= PATTERN_SIZE) bytes of the stream at `offset` (a view)."""
         start = offset % PATTERN_SIZE
-        return self.view[start:start + size]
+        return self.view[start : start + size]
 
     def matches(self, offset, piece):
         """Whether `piece` (<= PATTERN_SIZE bytes) is the stream at `offset`."""
         start = offset % PATTERN_SIZE
         # bytes == bytes is a memcmp; memoryview == memoryview goes byte by byte.
-        return bytes(piece) == self.doubled[start:start + len(piece)]
+        return bytes(piece) == self.doubled[start : start + len(piece)]
 
 
 class Party(asyncio.Protocol):
@@ -198,7 +199,7 @@ class Sender(Party):
 
     def body(self, piece):
         if len(self.said) < 4096:
-            self.said += piece[:4096 - len(self.said)]
+            self.said += piece[: 4096 - len(self.said)]
 
     async def pace(self):
         """Write `rate` bytes/s in chunks until stopped, then end the body."""
@@ -209,8 +210,7 @@ class Sender(Party):
             due = int(self.rate * (loop.time() - t0)) - self.sent
             while due > 0 and self.writable.is_set() and self.error is None:
                 size = min(due, PATTERN_SIZE)
-                self.transport.writelines([b"%x\r\n" % size,
-                                           self.pattern.at(self.sent, size), b"\r\n"])
+                self.transport.writelines([b"%x\r\n" % size, self.pattern.at(self.sent, size), b"\r\n"])
                 self.sent += size
                 due -= size
             if not self.writable.is_set():
@@ -243,26 +243,25 @@ async def load_role(cfg):
     for name in cfg["names"]:
         pattern = Pattern(name)
         _, receiver = await loop.create_connection(
-            lambda name=name, pattern=pattern: Receiver(name, pattern), HOST, cfg["port"])
+            lambda name=name, pattern=pattern: Receiver(name, pattern), HOST, cfg["port"]
+        )
         _, sender = await loop.create_connection(
-            lambda name=name, pattern=pattern: Sender(name, pattern, cfg["rate"]), HOST, cfg["port"])
+            lambda name=name, pattern=pattern: Sender(name, pattern, cfg["rate"]), HOST, cfg["port"]
+        )
         pipes.append((name, sender, receiver, loop.create_task(sender.pace())))
     try:
-        await asyncio.wait_for(asyncio.gather(*(r.started.wait() for _, _, r, _ in pipes)),
-                               30)
+        await asyncio.wait_for(asyncio.gather(*(r.started.wait() for _, _, r, _ in pipes)), 30)
     except TimeoutError:
         pass  # reported with the results
     say({"ready": sum(r.started.is_set() for _, _, r, _ in pipes)})
     async for command in read_commands():
         if command == "stat":
-            say({"sent": sum(s.sent for _, s, _, _ in pipes),
-                 "received": sum(r.received for _, _, r, _ in pipes)})
+            say({"sent": sum(s.sent for _, s, _, _ in pipes), "received": sum(r.received for _, _, r, _ in pipes)})
         elif command == "stop":
             break
     for _, sender, _, _ in pipes:
         sender.stopping = True
-    await asyncio.wait([t for *_, t in pipes] +
-                       [p.finished for _, s, r, _ in pipes for p in (s, r)], timeout=60)
+    await asyncio.wait([t for *_, t in pipes] + [p.finished for _, s, r, _ in pipes for p in (s, r)], timeout=60)
     results = []
     for name, sender, receiver, _ in pipes:
         error = sender.error or receiver.error
@@ -276,8 +275,7 @@ async def load_role(cfg):
             error = "sender was told: %s" % sender.said.decode(errors="replace").strip()
         if error is None and receiver.received != sender.sent:
             error = "sent %d bytes, received %d" % (sender.sent, receiver.received)
-        results.append({"name": name, "sent": sender.sent,
-                        "received": receiver.received, "error": error})
+        results.append({"name": name, "sent": sender.sent, "received": receiver.received, "error": error})
     say({"pipes": results})
 
 
@@ -295,13 +293,13 @@ class Spectator:
         self.pipe = pipe
         self.index = index
         self.recorder = recorder
-        self.gate = gate          # released when the greeting arrived
+        self.gate = gate  # released when the greeting arrived
         self.reader = ResponseParser()
         self.sock = None
         self.error = None
         self.buffer = b""
         self.stamp = self.seen = 0.0
-        self.arrivals = []        # kernel stamps of progress events
+        self.arrivals = []  # kernel stamps of progress events
         self.greeted = asyncio.Event()
         self.last_bytes = -1
 
@@ -354,7 +352,7 @@ class Spectator:
             i = self.buffer.find(b"\n\n")
             if i < 0:
                 return
-            block, self.buffer = self.buffer[:i], self.buffer[i + 2:]
+            block, self.buffer = self.buffer[:i], self.buffer[i + 2 :]
             self.event(block)
 
     def event(self, block):
@@ -383,8 +381,7 @@ class Spectator:
                     figures = json.loads(data)
                     transferred = figures["bytesTransferred"]
                     if transferred < self.last_bytes or figures["bytes"] != transferred:
-                        raise ValueError("bytesTransferred %r after %r"
-                                         % (transferred, self.last_bytes))
+                        raise ValueError("bytesTransferred %r after %r" % (transferred, self.last_bytes))
                     self.last_bytes = transferred
                 except (TypeError, KeyError, ValueError) as e:
                     self.recorder.bad_events += 1
@@ -415,9 +412,9 @@ class Spectator:
 
 class Recorder:
     def __init__(self):
-        self.kernel = {}          # (pipe, id) -> [kernel stamps]
-        self.client = {}          # (pipe, id) -> [times the client read it]
-        self.ticks = {}           # (pipe, id) -> the daemon's time of the tick
+        self.kernel = {}  # (pipe, id) -> [kernel stamps]
+        self.client = {}  # (pipe, id) -> [times the client read it]
+        self.ticks = {}  # (pipe, id) -> the daemon's time of the tick
         self.stopping = False
         self.bad_events = 0
         self.last_bad = None
@@ -447,13 +444,16 @@ async def spectators_role(cfg):
             spectators.append(spectator)
             opening.append(asyncio.create_task(spectator.open(cfg["port"])))
     try:
-        await asyncio.wait_for(asyncio.gather(*(s.greeted.wait() for s in spectators)),
-                               30)
+        await asyncio.wait_for(asyncio.gather(*(s.greeted.wait() for s in spectators)), 30)
     except TimeoutError:
         pass
-    say({"ready": sum(s.greeted.is_set() and s.error is None for s in spectators),
-         "opened_in": time.monotonic() - t0,
-         "errors": sorted({s.error for s in spectators if s.error})[:5]})
+    say(
+        {
+            "ready": sum(s.greeted.is_set() and s.error is None for s in spectators),
+            "opened_in": time.monotonic() - t0,
+            "errors": sorted({s.error for s in spectators if s.error})[:5],
+        }
+    )
     start = stop = None
     async for command in read_commands():
         if command == "record":
@@ -475,19 +475,27 @@ async def spectators_role(cfg):
             latency.extend(round(t - tick, 6) for t in stamps)
             latency_client.extend(round(t - tick, 6) for t in recorder.client[key])
             spread.extend(round(t - stamps[0], 6) for t in stamps[1:])
-            events.append([key[0], key[1], round(tick, 6), round(stamps[-1], 6),
-                           len(stamps)])
+            events.append([key[0], key[1], round(tick, 6), round(stamps[-1], 6), len(stamps)])
     gaps = []
     for s in spectators:
         inside = [t for t in s.arrivals if start <= t <= stop]
         gaps.extend(round(b - a, 6) for a, b in itertools.pairwise(inside))
-    say({"streams": len(spectators),
-         "errors": sorted({s.error for s in spectators if s.error})[:5],
-         "failed_streams": sum(1 for s in spectators if s.error),
-         "bad_events": recorder.bad_events, "last_bad": recorder.last_bad,
-         "done_events": recorder.done_events, "unstamped": recorder.unstamped,
-         "latency": latency, "latency_client": latency_client, "spread": spread,
-         "events": events, "gaps": gaps})
+    say(
+        {
+            "streams": len(spectators),
+            "errors": sorted({s.error for s in spectators if s.error})[:5],
+            "failed_streams": sum(1 for s in spectators if s.error),
+            "bad_events": recorder.bad_events,
+            "last_bad": recorder.last_bad,
+            "done_events": recorder.done_events,
+            "unstamped": recorder.unstamped,
+            "latency": latency,
+            "latency_client": latency_client,
+            "spread": spread,
+            "events": events,
+            "gaps": gaps,
+        }
+    )
 
 
 def client_main(role, cfg):
@@ -498,13 +506,17 @@ def client_main(role, cfg):
 
 # --- the benchmark (parent) --------------------------------------------------------
 
+
 class Worker:
     """A client process of this script, driven by lines on stdin / JSON on stdout."""
 
     def __init__(self, name, role, cfg):
-        self.child = Child(name, [sys.executable, os.path.abspath(__file__),
-                                  "--role", role, "--config", json.dumps(cfg)],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.child = Child(
+            name,
+            [sys.executable, os.path.abspath(__file__), "--role", role, "--config", json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         self.buffer = b""
 
     @property
@@ -522,12 +534,14 @@ class Worker:
         while b"\n" not in self.buffer:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise RuntimeError("%s: no answer after %.0f s:\n%s"
-                                   % (self.child.name, timeout, self.child.log_tail()))
+                raise RuntimeError(
+                    "%s: no answer after %.0f s:\n%s" % (self.child.name, timeout, self.child.log_tail())
+                )
             more = os.read(fd, 1 << 20)
             if not more:
-                raise RuntimeError("%s exited (%s):\n%s" % (
-                    self.child.name, self.child.proc.wait(), self.child.log_tail()))
+                raise RuntimeError(
+                    "%s exited (%s):\n%s" % (self.child.name, self.child.proc.wait(), self.child.log_tail())
+                )
             self.buffer += more
         line, _, self.buffer = self.buffer.partition(b"\n")
         return json.loads(line)
@@ -565,8 +579,11 @@ class Phase:
 
     def __init__(self, name, daemon_pid, load, clients):
         self.name = name
-        self.pids = {"daemon": daemon_pid, "load": load.pid,
-                     **{"spectators%d" % i: c.pid for i, c in enumerate(clients)}}
+        self.pids = {
+            "daemon": daemon_pid,
+            "load": load.pid,
+            **{"spectators%d" % i: c.pid for i, c in enumerate(clients)},
+        }
         self.load = load
 
     def measure(self, seconds):
@@ -579,12 +596,13 @@ class Phase:
         self.cores = {k: (cpu1[k] - cpu0[k]) / self.wall for k in self.pids}
         self.mbps = (self.load.ask("stat")["received"] - bytes0) / self.wall / 1e6
         self.rss = sample_rss(self.pids["daemon"])
-        clients = ", ".join("%s %.0f%%" % (k, v * 100) for k, v in self.cores.items()
-                            if k != "daemon")
-        print("phase %-3s %5.1f s: daemon CPU %5.1f%% of a core, RSS %.1f MiB, "
-              "relayed %.1f MB/s (clients: %s)"
-              % (self.name, self.wall, self.cores["daemon"] * 100, self.rss / 1024,
-                 self.mbps, clients), flush=True)
+        clients = ", ".join("%s %.0f%%" % (k, v * 100) for k, v in self.cores.items() if k != "daemon")
+        print(
+            "phase %-3s %5.1f s: daemon CPU %5.1f%% of a core, RSS %.1f MiB, "
+            "relayed %.1f MB/s (clients: %s)"
+            % (self.name, self.wall, self.cores["daemon"] * 100, self.rss / 1024, self.mbps, clients),
+            flush=True,
+        )
         return self
 
 
@@ -624,79 +642,122 @@ def report(args, streams, phases, results, rss_open):
     a1, b, a2 = phases
     base = (a1.cores["daemon"] + a2.cores["daemon"]) / 2
     side = b.cores["daemon"] - base
-    print("\n== fan-out: %d pipes x %d spectators = %d SSE streams, transfers at "
-          "%.2f MB/s each, phases of %.0f s" % (args.pipes, args.spectators, streams,
-                                               args.rate / 1e6, args.seconds))
-    print("daemon CPU (1 core = 100%%): a1 %.1f%%, b %.1f%%, a2 %.1f%%"
-          % (a1.cores["daemon"] * 100, b.cores["daemon"] * 100, a2.cores["daemon"] * 100))
-    print("side channel CPU: %.1f%% of one core (%.2f ms of CPU per second, "
-          "%.0f us per stream-second), %.0f%% of the daemon's CPU in b"
-          % (side * 100, side * 1000, side / streams * 1e6,
-             100 * side / b.cores["daemon"] if b.cores["daemon"] else 0))
+    print(
+        "\n== fan-out: %d pipes x %d spectators = %d SSE streams, transfers at "
+        "%.2f MB/s each, phases of %.0f s" % (args.pipes, args.spectators, streams, args.rate / 1e6, args.seconds)
+    )
+    print(
+        "daemon CPU (1 core = 100%%): a1 %.1f%%, b %.1f%%, a2 %.1f%%"
+        % (a1.cores["daemon"] * 100, b.cores["daemon"] * 100, a2.cores["daemon"] * 100)
+    )
+    print(
+        "side channel CPU: %.1f%% of one core (%.2f ms of CPU per second, "
+        "%.0f us per stream-second), %.0f%% of the daemon's CPU in b"
+        % (side * 100, side * 1000, side / streams * 1e6, 100 * side / b.cores["daemon"] if b.cores["daemon"] else 0)
+    )
+
     def merged(key):
         return [x for r in results for x in r[key]]
 
     latency, latency_client, spread, gaps, events = (
-        merged(k) for k in ("latency", "latency_client", "spread", "gaps", "events"))
+        merged(k) for k in ("latency", "latency_client", "spread", "gaps", "events")
+    )
     spans, incomplete, error = tick_spans(events, args.interval, args.pipes)
     expected = len(events) * args.spectators
     delivered = sum(e[4] for e in events)
-    print("tick-to-delivery, daemon's tick to each spectator's delivery (%d): "
-          "p50 %s, p99 %s, max %s (read by the clients: p50 %s, p99 %s)"
-          % (len(latency), ms(pct(latency, 50)), ms(pct(latency, 99)),
-             ms(max(latency, default=None)), ms(pct(latency_client, 50)),
-             ms(pct(latency_client, 99))))
-    print("tick-to-last, tick to its last delivery over all %d streams (%d ticks, "
-          "%d incomplete left out): p50 %s, p99 %s, max %s; tick times agree to %s"
-          % (streams, len(spans), incomplete, ms(pct(spans, 50)), ms(pct(spans, 99)),
-             ms(max(spans, default=None)), ms(error)))
-    print("spread, one event's first delivery to each other delivery among a pipe's "
-          "spectators (%d): p50 %s, p99 %s, max %s"
-          % (len(spread), ms(pct(spread, 50)), ms(pct(spread, 99)),
-             ms(max(spread, default=None))))
-    print("gaps between progress events at a spectator (target %s, %d gaps): "
-          "p1 %s, p50 %s, p99 %s, max %s"
-          % (ms(args.interval), len(gaps), ms(pct(gaps, 1)), ms(pct(gaps, 50)),
-             ms(pct(gaps, 99)), ms(max(gaps) if gaps else None)))
-    print("events: %d progress events x spectators expected %d, delivered %d "
-          "(missed %d)" % (len(events), expected, delivered, expected - delivered))
-    print("RSS: a1 %.1f MiB, spectators just open %.1f MiB, end of b %.1f MiB, "
-          "a2 %.1f MiB -> per spectator %.1f KiB (end of b), %.1f KiB (just open)"
-          % (a1.rss / 1024, rss_open / 1024, b.rss / 1024, a2.rss / 1024,
-             (b.rss - a1.rss) / streams, (rss_open - a1.rss) / streams))
-    print("relayed: a1 %.1f MB/s, b %.1f MB/s, a2 %.1f MB/s (paced target %.1f)"
-          % (a1.mbps, b.mbps, a2.mbps, args.rate * args.pipes / 1e6))
+    print(
+        "tick-to-delivery, daemon's tick to each spectator's delivery (%d): "
+        "p50 %s, p99 %s, max %s (read by the clients: p50 %s, p99 %s)"
+        % (
+            len(latency),
+            ms(pct(latency, 50)),
+            ms(pct(latency, 99)),
+            ms(max(latency, default=None)),
+            ms(pct(latency_client, 50)),
+            ms(pct(latency_client, 99)),
+        )
+    )
+    print(
+        "tick-to-last, tick to its last delivery over all %d streams (%d ticks, "
+        "%d incomplete left out): p50 %s, p99 %s, max %s; tick times agree to %s"
+        % (
+            streams,
+            len(spans),
+            incomplete,
+            ms(pct(spans, 50)),
+            ms(pct(spans, 99)),
+            ms(max(spans, default=None)),
+            ms(error),
+        )
+    )
+    print(
+        "spread, one event's first delivery to each other delivery among a pipe's "
+        "spectators (%d): p50 %s, p99 %s, max %s"
+        % (len(spread), ms(pct(spread, 50)), ms(pct(spread, 99)), ms(max(spread, default=None)))
+    )
+    print(
+        "gaps between progress events at a spectator (target %s, %d gaps): "
+        "p1 %s, p50 %s, p99 %s, max %s"
+        % (
+            ms(args.interval),
+            len(gaps),
+            ms(pct(gaps, 1)),
+            ms(pct(gaps, 50)),
+            ms(pct(gaps, 99)),
+            ms(max(gaps) if gaps else None),
+        )
+    )
+    print(
+        "events: %d progress events x spectators expected %d, delivered %d "
+        "(missed %d)" % (len(events), expected, delivered, expected - delivered)
+    )
+    print(
+        "RSS: a1 %.1f MiB, spectators just open %.1f MiB, end of b %.1f MiB, "
+        "a2 %.1f MiB -> per spectator %.1f KiB (end of b), %.1f KiB (just open)"
+        % (
+            a1.rss / 1024,
+            rss_open / 1024,
+            b.rss / 1024,
+            a2.rss / 1024,
+            (b.rss - a1.rss) / streams,
+            (rss_open - a1.rss) / streams,
+        )
+    )
+    print(
+        "relayed: a1 %.1f MB/s, b %.1f MB/s, a2 %.1f MB/s (paced target %.1f)"
+        % (a1.mbps, b.mbps, a2.mbps, args.rate * args.pipes / 1e6)
+    )
     if error > 0.003 or (latency and min(latency) < -0.002):
-        print("NOTE: tick times look off (disagreement %s, smallest latency %s): "
-              "is the daemon's clock time.time()?" % (ms(error), ms(min(latency))))
+        print(
+            "NOTE: tick times look off (disagreement %s, smallest latency %s): "
+            "is the daemon's clock time.time()?" % (ms(error), ms(min(latency)))
+        )
     unstamped = sum(r["unstamped"] for r in results)
     if unstamped:
-        print("NOTE: %d reads came without a kernel timestamp (client read time used)"
-              % unstamped)
+        print("NOTE: %d reads came without a kernel timestamp (client read time used)" % unstamped)
     busy = [k for p in phases for k, v in p.cores.items() if k != "daemon" and v > 0.8]
     if busy:
-        print("NOTE: client process(es) above 80%% of a core (%s): the client-side "
-              "read times include client delay" % ", ".join(sorted(set(busy))))
+        print(
+            "NOTE: client process(es) above 80%% of a core (%s): the client-side "
+            "read times include client delay" % ", ".join(sorted(set(busy)))
+        )
 
 
 def main():
     parser = argument_parser(__doc__)
-    parser.add_argument("--seconds", type=float, default=30,
-                        help="length of each measured phase (default 30)")
-    parser.add_argument("--pipes", type=int, default=50,
-                        help="live transfers (default 50)")
-    parser.add_argument("--spectators", type=int, default=50,
-                        help="SSE spectators per pipe (default 50, the daemon's "
-                             "--max-spectators)")
-    parser.add_argument("--rate", type=float, default=1e6,
-                        help="bytes/s per transfer (default 1e6)")
-    parser.add_argument("--client-procs", type=int, default=2,
-                        help="spectator client processes (default 2)")
-    parser.add_argument("--interval", type=float, default=0.25,
-                        help="the daemon's --progress-interval (default 0.25)")
-    parser.add_argument("--twistd", default=default_twistd(),
-                        help="twistd with the hoodypipe plugin "
-                             "(default: twistd next to sys.executable)")
+    parser.add_argument("--seconds", type=float, default=30, help="length of each measured phase (default 30)")
+    parser.add_argument("--pipes", type=int, default=50, help="live transfers (default 50)")
+    parser.add_argument(
+        "--spectators", type=int, default=50, help="SSE spectators per pipe (default 50, the daemon's --max-spectators)"
+    )
+    parser.add_argument("--rate", type=float, default=1e6, help="bytes/s per transfer (default 1e6)")
+    parser.add_argument("--client-procs", type=int, default=2, help="spectator client processes (default 2)")
+    parser.add_argument("--interval", type=float, default=0.25, help="the daemon's --progress-interval (default 0.25)")
+    parser.add_argument(
+        "--twistd",
+        default=default_twistd(),
+        help="twistd with the hoodypipe plugin (default: twistd next to sys.executable)",
+    )
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -708,21 +769,26 @@ def main():
 
     streams = args.pipes * args.spectators
     raise_fd_limit(streams + 2 * args.pipes + 512)
-    daemon_args = ["--max-connections-per-address", "10000",
-                   "--max-waiting-per-address", "10000",
-                   "--max-watched-paths", str(max(500, args.pipes)),
-                   "--progress-interval", str(args.interval),
-                   # Streams must outlive phase b (the default window is 300 s).
-                   "--spectator-window", str(max(300.0, args.seconds + 120))]
+    daemon_args = [
+        "--max-connections-per-address",
+        "10000",
+        "--max-waiting-per-address",
+        "10000",
+        "--max-watched-paths",
+        str(max(500, args.pipes)),
+        "--progress-interval",
+        str(args.interval),
+        # Streams must outlive phase b (the default window is 300 s).
+        "--spectator-window",
+        str(max(300.0, args.seconds + 120)),
+    ]
     names = ["fan-%02d-%s" % (i, uuid.uuid4().hex[:12]) for i in range(args.pipes)]
     workers = []
     failures = 0
     daemon, port = start_hoodypipe(args.twistd, daemon_args)
     try:
-        print("hoodypipe pid %d, port %d, fd limit %s" % (
-            daemon.pid, port, os.sysconf("SC_OPEN_MAX")), flush=True)
-        load = Worker("fanout-load", "load",
-                      {"port": port, "names": names, "rate": args.rate})
+        print("hoodypipe pid %d, port %d, fd limit %s" % (daemon.pid, port, os.sysconf("SC_OPEN_MAX")), flush=True)
+        load = Worker("fanout-load", "load", {"port": port, "names": names, "rate": args.rate})
         workers.append(load)
         ready = load.answer(60)["ready"]
         print("%d/%d transfers streaming" % (ready, args.pipes), flush=True)
@@ -734,19 +800,28 @@ def main():
 
         clients = []
         for c in range(args.client_procs):
-            mine = [(i, n, since[i]) for i, n in enumerate(names)
-                    if i % args.client_procs == c]
+            mine = [(i, n, since[i]) for i, n in enumerate(names) if i % args.client_procs == c]
             if mine:
-                clients.append(Worker("fanout-spectators%d" % c, "spectators",
-                                      {"port": port, "pipes": mine,
-                                       "per_pipe": args.spectators}))
+                clients.append(
+                    Worker(
+                        "fanout-spectators%d" % c,
+                        "spectators",
+                        {"port": port, "pipes": mine, "per_pipe": args.spectators},
+                    )
+                )
         workers += clients
         opened = [c.answer(120) for c in clients]
         ready = sum(o["ready"] for o in opened)
-        print("%d/%d spectator streams open (in %s s)%s" % (
-            ready, streams, "/".join("%.1f" % o["opened_in"] for o in opened),
-            "; errors: %s" % [e for o in opened for e in o["errors"]]
-            if ready != streams else ""), flush=True)
+        print(
+            "%d/%d spectator streams open (in %s s)%s"
+            % (
+                ready,
+                streams,
+                "/".join("%.1f" % o["opened_in"] for o in opened),
+                "; errors: %s" % [e for o in opened for e in o["errors"]] if ready != streams else "",
+            ),
+            flush=True,
+        )
         if ready != streams:
             raise RuntimeError("only %d of %d spectator streams opened" % (ready, streams))
         time.sleep(SETTLE)
@@ -763,10 +838,11 @@ def main():
         for r in results:
             if r["failed_streams"] or r["bad_events"] or r["done_events"]:
                 failures += 1
-                print("spectators FAILED: %d streams failed (%s), %d bad events (%s), "
-                      "%d done events" % (r["failed_streams"], r["errors"],
-                                          r["bad_events"], r["last_bad"],
-                                          r["done_events"]))
+                print(
+                    "spectators FAILED: %d streams failed (%s), %d bad events (%s), "
+                    "%d done events"
+                    % (r["failed_streams"], r["errors"], r["bad_events"], r["last_bad"], r["done_events"])
+                )
 
         time.sleep(SETTLE)
         a2 = Phase("a2", daemon.pid, load, []).measure(args.seconds)
@@ -777,9 +853,11 @@ def main():
         for p in bad:
             print("transfer %s FAILED: %s" % (p["name"], p["error"]))
         failures += len(bad)
-        print("%d/%d transfers complete and verified, %.1f MB relayed in all"
-              % (len(pipes) - len(bad), len(pipes),
-                 sum(p["received"] for p in pipes) / 1e6), flush=True)
+        print(
+            "%d/%d transfers complete and verified, %.1f MB relayed in all"
+            % (len(pipes) - len(bad), len(pipes), sum(p["received"] for p in pipes) / 1e6),
+            flush=True,
+        )
         report(args, streams, (a1, b, a2), results, rss_open)
     except (RuntimeError, OSError, ValueError) as e:  # a client or the daemon died
         failures += 1

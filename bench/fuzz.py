@@ -57,14 +57,26 @@ from tests.support.fuzzgrammar import (
 from tests.support.httpwire import request
 
 DAEMON_ARGS = [
-    "--wait-timeout", "2", "--idle-timeout", "2",
-    "--max-connections-per-address", "4096", "--max-waiting-per-address", "4096",
-    "--max-pending", "4096", "--max-active", "4096", "--max-watched-paths", "4096",
+    "--wait-timeout",
+    "2",
+    "--idle-timeout",
+    "2",
+    "--max-connections-per-address",
+    "4096",
+    "--max-waiting-per-address",
+    "4096",
+    "--max-pending",
+    "4096",
+    "--max-active",
+    "4096",
+    "--max-watched-paths",
+    "4096",
 ]
 LOG_ALARMS = re.compile(rb"Traceback|\[[^\]]*#critical\]|Unhandled [Ee]rror")
 
 
 # -- templates ----------------------------------------------------------------------------------
+
 
 def _req(method, target, headers=(), body=b"", version=b"HTTP/1.1"):
     """A request; ``headers`` as b"Name: value" lines."""
@@ -75,7 +87,7 @@ def _chunked(rng, body):
     out, pos = b"", 0
     while pos < len(body):
         step = rng.randint(1, max(1, len(body) - pos))
-        out += b"%x\r\n%s\r\n" % (step, body[pos:pos + step])
+        out += b"%x\r\n%s\r\n" % (step, body[pos : pos + step])
         pos += step
     return out + b"0\r\n\r\n"
 
@@ -98,20 +110,44 @@ def templates(rng, name):
         ("progress-text", _req(b"GET", p + b"?progress", [b"Accept: text/plain"]), False),
         ("receiver", _req(b"GET", p + q + b"&n=1"), False),
         ("receiver-dl", _req(b"GET", p + q + b"&download&filename=r%C3%A9sum%C3%A9.pdf"), False),
-        ("put-fixed", _req(b"PUT", p + q, [b"Content-Type: application/octet-stream",
-                                           b"Content-Length: %d" % len(body)], body), True),
-        ("put-chunked", _req(b"PUT", p + q, [b"Transfer-Encoding: chunked", b"X-Pipe-Size: %d" % len(body),
-                                             b"Content-Disposition: inline; filename=\"a.txt\"",
-                                             b"X-Piping: meta"], _chunked(rng, body)), True),
+        (
+            "put-fixed",
+            _req(b"PUT", p + q, [b"Content-Type: application/octet-stream", b"Content-Length: %d" % len(body)], body),
+            True,
+        ),
+        (
+            "put-chunked",
+            _req(
+                b"PUT",
+                p + q,
+                [
+                    b"Transfer-Encoding: chunked",
+                    b"X-Pipe-Size: %d" % len(body),
+                    b'Content-Disposition: inline; filename="a.txt"',
+                    b"X-Piping: meta",
+                ],
+                _chunked(rng, body),
+            ),
+            True,
+        ),
         ("put-expect", _req(b"PUT", p + q, [b"Expect: 100-continue", b"Content-Length: %d" % len(body)], body), True),
-        ("post-form", _req(b"POST", p + q, [b"Content-Type: application/x-www-form-urlencoded",
-                                            b"Content-Length: %d" % len(body)], body), True),
+        (
+            "post-form",
+            _req(
+                b"POST",
+                p + q,
+                [b"Content-Type: application/x-www-form-urlencoded", b"Content-Length: %d" % len(body)],
+                body,
+            ),
+            True,
+        ),
         ("http10", _req(b"GET", p + b"?status", version=b"HTTP/1.0"), False),
         ("pipelined", _req(b"GET", p + b"?status") + _req(b"GET", PREFIX + b"health"), False),
     ]
 
 
 # -- mutations ----------------------------------------------------------------------------------
+
 
 def _head_body(data):
     head, sep, body = data.partition(b"\r\n\r\n")
@@ -141,7 +177,7 @@ def m_byte(rng, data):
     if not data:
         return data
     i = rng.randrange(len(data))
-    return data[:i] + bytes([rng.randrange(256)]) + data[i + 1:]
+    return data[:i] + bytes([rng.randrange(256)]) + data[i + 1 :]
 
 
 def m_insert(rng, data):
@@ -159,11 +195,11 @@ def m_delete(rng, data):
     if not data:
         return data
     i = rng.randrange(len(data))
-    return data[:i] + data[i + rng.randint(1, 64):]
+    return data[:i] + data[i + rng.randint(1, 64) :]
 
 
 def m_truncate(rng, data):
-    return data[:rng.randint(0, len(data))]
+    return data[: rng.randint(0, len(data))]
 
 
 def m_dup_header(rng, data):
@@ -282,7 +318,7 @@ def m_bad_chunk(rng, data):
     if not sizes:
         return head + sep + rng.choice(BAD_CHUNK_SIZES) + b"\r\n" + body
     at = rng.choice(sizes)
-    if body[at:at + 2] == b"\r\n":
+    if body[at : at + 2] == b"\r\n":
         at += 2
     end = body.index(b"\r\n", at)
     kind = rng.random()
@@ -309,8 +345,10 @@ def m_obs_fold(rng, data):
 
 def m_no_colon(rng, data):
     lines, sep, body = _lines(data)
-    lines.insert(rng.randint(1, len(lines)), rng.choice((b"NoColonHere", b"Bad Name: x", b": empty", b"X:\x00",
-                                                         b"X-\xff: v", b"Content-Length : 5")))
+    lines.insert(
+        rng.randint(1, len(lines)),
+        rng.choice((b"NoColonHere", b"Bad Name: x", b": empty", b"X:\x00", b"X-\xff: v", b"Content-Length : 5")),
+    )
     return _join(lines, sep, body)
 
 
@@ -327,10 +365,33 @@ def m_repeat(rng, data):
     return data[:j] + data[i:j] * rng.randint(2, 50) + data[j:]
 
 
-MUTATIONS = [m_flip, m_byte, m_insert, m_insert_head, m_delete, m_truncate, m_dup_header, m_many_headers,
-             m_huge_header, m_huge_target, m_method, m_version, m_target_bytes, m_both_lengths, m_bad_length,
-             m_bad_te, m_bad_chunk, m_bad_chunk, m_obs_fold, m_no_colon, m_repeat, m_escape, m_header_value,
-             m_host, None]  # None: splice
+MUTATIONS = [
+    m_flip,
+    m_byte,
+    m_insert,
+    m_insert_head,
+    m_delete,
+    m_truncate,
+    m_dup_header,
+    m_many_headers,
+    m_huge_header,
+    m_huge_target,
+    m_method,
+    m_version,
+    m_target_bytes,
+    m_both_lengths,
+    m_bad_length,
+    m_bad_te,
+    m_bad_chunk,
+    m_bad_chunk,
+    m_obs_fold,
+    m_no_colon,
+    m_repeat,
+    m_escape,
+    m_header_value,
+    m_host,
+    None,
+]  # None: splice
 
 
 def make_input(seed, index):
@@ -359,6 +420,7 @@ def make_input(seed, index):
 
 
 # -- sending and judging ------------------------------------------------------------------------
+
 
 class Stats:
     def __init__(self):
@@ -412,8 +474,7 @@ def judge(data, end, head_request=False, shutting_down=False):
     """
     if not data:
         return ("none" if end in ("eof", "timeout") else end), []
-    answers, problems = read_answers(data, closed=end == "eof", head_first=head_request,
-                                     shutting_down=shutting_down)
+    answers, problems = read_answers(data, closed=end == "eof", head_first=head_request, shutting_down=shutting_down)
     finals = [a.status for a in answers if not 100 <= a.status < 200]
     return (finals[0] if finals else "none"), problems
 
@@ -461,8 +522,9 @@ async def one_input(port, seed, index, stats, save_dir):
         if plan["reset"]:
             sock = writer.get_extra_info("socket")
             try:
-                sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_LINGER,
-                                b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.setsockopt(
+                    __import__("socket").SOL_SOCKET, __import__("socket").SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
             except OSError:
                 pass
         writer.close()
@@ -511,7 +573,7 @@ class LogWatch:
         for m in LOG_ALARMS.finditer(text):
             if m.start() < len(self.tail):
                 continue
-            block = text[m.start():m.start() + 3000]
+            block = text[m.start() : m.start() + 3000]
             # The exception line: the first unindented-after-traceback "builtins.X: ..." or last frame.
             exc = re.search(rb"\n\t?((?:builtins\.)?[\w.]+(?:Error|Exception|Exit|BadHost)\b[^\n]*)", block)
             alarms.append((exc.group(1) if exc else block[:160]).decode("utf-8", "replace")[:200])
@@ -533,8 +595,11 @@ async def run(args):
     index = 0
     alive = True
     traceback_kinds = collections.Counter()
-    print(f"fuzz: seed {args.seed}, {args.seconds:g} s, concurrency {args.concurrency}, "
-          f"daemon pid {pid} on port {port}, anomalies saved under {save_dir}", flush=True)
+    print(
+        f"fuzz: seed {args.seed}, {args.seconds:g} s, concurrency {args.concurrency}, "
+        f"daemon pid {pid} on port {port}, anomalies saved under {save_dir}",
+        flush=True,
+    )
     try:
         while time.monotonic() < deadline and alive:
             batch = []
@@ -566,20 +631,28 @@ async def run(args):
                 stats.anomaly("health", repr(error), save_dir, args.seed, index, b"")
             for alarm in logwatch.new_alarms():
                 traceback_kinds[alarm] += 1
-                stats.anomaly("daemon log: " + _normal(alarm), f"after input {index}: {alarm}", save_dir,
-                              args.seed, index, b"")
+                stats.anomaly(
+                    "daemon log: " + _normal(alarm), f"after input {index}: {alarm}", save_dir, args.seed, index, b""
+                )
             if time.monotonic() >= next_report:
                 next_report += 10
-                print(f"  {time.monotonic() - started:5.0f}s  {index} inputs, {sum(stats.anomalies.values())} "
-                      f"anomalies, RSS {rss_kib(pid) / 1024:.1f} MiB", flush=True)
+                print(
+                    f"  {time.monotonic() - started:5.0f}s  {index} inputs, {sum(stats.anomalies.values())} "
+                    f"anomalies, RSS {rss_kib(pid) / 1024:.1f} MiB",
+                    flush=True,
+                )
         # Quiesce: waiting parties time out (--wait-timeout 2), connections close.
         gauges = {}
         if alive:
             quiet = time.monotonic() + 15
             while time.monotonic() < quiet:
                 code, body = await http_get(port, PREFIX + b"metrics")
-                gauges = {k: float(v) for k, v in re.findall(
-                    r"^(hoodypipe_(?:pending_pipes|active_pipes|spectators)) (\S+)$", body.decode(), re.M)}
+                gauges = {
+                    k: float(v)
+                    for k, v in re.findall(
+                        r"^(hoodypipe_(?:pending_pipes|active_pipes|spectators)) (\S+)$", body.decode(), re.M
+                    )
+                }
                 if gauges and all(v == 0 for v in gauges.values()):
                     break
                 await asyncio.sleep(0.5)
@@ -587,8 +660,7 @@ async def run(args):
                 stats.anomaly("registry not empty after 15 s", repr(gauges), save_dir, args.seed, index, b"")
             for alarm in logwatch.new_alarms():
                 traceback_kinds[alarm] += 1
-                stats.anomaly("daemon log: " + _normal(alarm), f"at the end: {alarm}", save_dir, args.seed,
-                              index, b"")
+                stats.anomaly("daemon log: " + _normal(alarm), f"at the end: {alarm}", save_dir, args.seed, index, b"")
         rss_end = rss_kib(pid) if alive else 0
     finally:
         if sum(stats.anomalies.values()):
@@ -599,8 +671,10 @@ async def run(args):
     elapsed = time.monotonic() - started
     total_anomalies = sum(stats.anomalies.values())
     print(f"\ninputs tried: {stats.inputs} in {elapsed:.0f} s ({stats.inputs / elapsed:.0f}/s), seed {args.seed}")
-    print("responses by status: " + ", ".join(f"{k}: {v}" for k, v in sorted(
-        stats.statuses.items(), key=lambda kv: (-kv[1], str(kv[0])))))
+    print(
+        "responses by status: "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(stats.statuses.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+    )
     print("paired receivers ended with: " + ", ".join(f"{k}: {v}" for k, v in stats.receiver_ends.most_common()))
     print(f"registry after quiesce: {gauges}; daemon RSS {rss_start / 1024:.1f} -> {rss_end / 1024:.1f} MiB")
     print(f"anomalies: {total_anomalies}")
@@ -617,8 +691,13 @@ def main():
     parser.add_argument("--check-every", type=int, default=200, help="inputs between health/log checks")
     parser.add_argument("--twistd", default=default_twistd())
     parser.add_argument("--save", default=None, help="where anomalous inputs are written")
-    parser.add_argument("--show", type=int, default=None, metavar="INDEX",
-                        help="print input INDEX of --seed and exit (to reproduce an anomaly)")
+    parser.add_argument(
+        "--show",
+        type=int,
+        default=None,
+        metavar="INDEX",
+        help="print input INDEX of --seed and exit (to reproduce an anomaly)",
+    )
     args = parser.parse_args()
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)

@@ -62,6 +62,7 @@ def verdict(ok):
 
 # --- figures -----------------------------------------------------------------
 
+
 def measure_idle(pid):
     time.sleep(0.5)
     idle = sample_rss(pid)
@@ -85,8 +86,9 @@ def measure_transfer(pid, port, size, rate, timeout):
     thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
     try:
-        seconds = transfer(pipe_url(port, "mem-" + uuid.uuid4().hex), size, timeout,
-                           receiver_args=["--limit-rate", rate])
+        seconds = transfer(
+            pipe_url(port, "mem-" + uuid.uuid4().hex), size, timeout, receiver_args=["--limit-rate", rate]
+        )
         error = None
     except TransferFailed as e:
         error = e
@@ -95,14 +97,23 @@ def measure_transfer(pid, port, size, rate, timeout):
         thread.join()
     growth = peak[0] - baseline
     if error:
-        print("transfer  FAILED: %s (baseline %s, peak %s)"
-              % (error, mib(baseline), mib(peak[0])))
+        print("transfer  FAILED: %s (baseline %s, peak %s)" % (error, mib(baseline), mib(peak[0])))
         return False
-    print("transfer  %d MiB at --limit-rate %s in %.1f s: baseline %s, peak %s, "
-          "growth %s (target < %s)%s"
-          % (size // MIB, rate, seconds, mib(baseline), mib(peak[0]),
-             mib(growth), mib(GROWTH_TARGET_KIB),
-             verdict(growth < GROWTH_TARGET_KIB)), flush=True)
+    print(
+        "transfer  %d MiB at --limit-rate %s in %.1f s: baseline %s, peak %s, "
+        "growth %s (target < %s)%s"
+        % (
+            size // MIB,
+            rate,
+            seconds,
+            mib(baseline),
+            mib(peak[0]),
+            mib(growth),
+            mib(GROWTH_TARGET_KIB),
+            verdict(growth < GROWTH_TARGET_KIB),
+        ),
+        flush=True,
+    )
     return True
 
 
@@ -157,18 +168,22 @@ def measure_pending(pid, port, idle, pipes):
         rss = wait_stable(pid)
         dropped = count_dropped(socks)
         health = http_status(port, HEALTH_PATH, timeout=5)
-        print("pending   %d senders (opened in %.1f s, %d dropped by the server, "
-              "health %d): RSS %s, idle %s, per pipe %.1f KiB"
-              % (pipes, opened, dropped, health, mib(rss), mib(idle),
-                 (rss - idle) / pipes), flush=True)
+        print(
+            "pending   %d senders (opened in %.1f s, %d dropped by the server, "
+            "health %d): RSS %s, idle %s, per pipe %.1f KiB"
+            % (pipes, opened, dropped, health, mib(rss), mib(idle), (rss - idle) / pipes),
+            flush=True,
+        )
     finally:
         for s in socks:
             s.close()
     time.sleep(1)
     print("pending   after closing them: RSS %s" % mib(sample_rss(pid)))
     if dropped:
-        print("pending   FAILED: the server closed or refused %d of the %d "
-              "senders (is --max-pending honoured?)" % (dropped, pipes))
+        print(
+            "pending   FAILED: the server closed or refused %d of the %d "
+            "senders (is --max-pending honoured?)" % (dropped, pipes)
+        )
     if health != 200:
         print("pending   FAILED: health check answered %d" % health)
     return not dropped and health == 200
@@ -176,34 +191,35 @@ def measure_pending(pid, port, idle, pipes):
 
 def main():
     parser = argument_parser(__doc__)
-    parser.add_argument("--size", type=parse_size, default="1G",
-                        help="bytes for the throttled transfer (default 1G)")
-    parser.add_argument("--rate", default="32M",
-                        help="receiver's curl --limit-rate (default 32M)")
-    parser.add_argument("--pipes", type=int, default=1000,
-                        help="number of waiting senders (default 1000)")
-    parser.add_argument("--max-pending", type=int, default=2000,
-                        help="the daemon's --max-pending (default 2000)")
-    parser.add_argument("--twistd", default=default_twistd(),
-                        help="twistd with the hoodypipe plugin "
-                             "(default: twistd next to sys.executable)")
-    parser.add_argument("--timeout", type=float, default=300,
-                        help="seconds allowed for the transfer (default 300)")
+    parser.add_argument("--size", type=parse_size, default="1G", help="bytes for the throttled transfer (default 1G)")
+    parser.add_argument("--rate", default="32M", help="receiver's curl --limit-rate (default 32M)")
+    parser.add_argument("--pipes", type=int, default=1000, help="number of waiting senders (default 1000)")
+    parser.add_argument("--max-pending", type=int, default=2000, help="the daemon's --max-pending (default 2000)")
+    parser.add_argument(
+        "--twistd",
+        default=default_twistd(),
+        help="twistd with the hoodypipe plugin (default: twistd next to sys.executable)",
+    )
+    parser.add_argument("--timeout", type=float, default=300, help="seconds allowed for the transfer (default 300)")
     args = parser.parse_args()
     exit_on_sigterm()
     raise_fd_limit(args.pipes + 256)
     # Every pending sender comes from 127.0.0.1: lift the per-address caps too.
-    daemon_args = ["--max-pending", str(args.max_pending),
-                   "--max-connections-per-address", str(args.max_pending + 100),
-                   "--max-waiting-per-address", str(args.max_pending)]
+    daemon_args = [
+        "--max-pending",
+        str(args.max_pending),
+        "--max-connections-per-address",
+        str(args.max_pending + 100),
+        "--max-waiting-per-address",
+        str(args.max_pending),
+    ]
 
     ok = True
     daemon, port = start_hoodypipe(args.twistd, daemon_args)
     try:
         print("hoodypipe pid %d, port %d" % (daemon.pid, port), flush=True)
         measure_idle(daemon.pid)
-        ok &= measure_transfer(daemon.pid, port, args.size, args.rate,
-                               args.timeout)
+        ok &= measure_transfer(daemon.pid, port, args.size, args.rate, args.timeout)
     finally:
         daemon.stop()
 

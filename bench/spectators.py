@@ -97,8 +97,9 @@ def open_stalled(port, name, count, rcvbuf, timeout=10.0):
         while waiting:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise SpectatorsRefused("%d of %d spectators not answered after %.0f s"
-                                        % (len(waiting), count, timeout))
+                raise SpectatorsRefused(
+                    "%d of %d spectators not answered after %.0f s" % (len(waiting), count, timeout)
+                )
             for fd, _ in poller.poll(left * 1000):
                 head = waiting[fd].recv(13, socket.MSG_PEEK)
                 try:
@@ -175,62 +176,90 @@ def run_b(daemon, port, name, args):
 def report(results, pairs, cpus, rss_pairs, args, rss_start, rss_end):
     """`pairs`: (A rate, B rate) of each run, None where one failed."""
     print()
-    print("%-16s %6s %9s %9s %9s  %s" % ("", "ok", "median", "min", "max",
-                                        "runs (MB/s)"))
+    print("%-16s %6s %9s %9s %9s  %s" % ("", "ok", "median", "min", "max", "runs (MB/s)"))
     medians = {}
     for label, rates in results.items():
         if not rates:
             print("%-16s %3d/%-2d %9s" % (label, 0, args.runs, "-"))
             continue
         medians[label] = statistics.median(rates)
-        print("%-16s %3d/%-2d %9.0f %9.0f %9.0f  %s" % (
-            label, len(rates), args.runs, medians[label], min(rates), max(rates),
-            " ".join("%.0f" % r for r in rates)))
-    print("\nsize %d bytes (%.0f MiB), %d runs each, %d spectators per B run, "
-          "SO_RCVBUF %d" % (args.size, args.size / MIB, args.runs,
-                            args.spectators, args.rcvbuf))
+        print(
+            "%-16s %3d/%-2d %9.0f %9.0f %9.0f  %s"
+            % (
+                label,
+                len(rates),
+                args.runs,
+                medians[label],
+                min(rates),
+                max(rates),
+                " ".join("%.0f" % r for r in rates),
+            )
+        )
+    print(
+        "\nsize %d bytes (%.0f MiB), %d runs each, %d spectators per B run, "
+        "SO_RCVBUF %d" % (args.size, args.size / MIB, args.runs, args.spectators, args.rcvbuf)
+    )
     a, b = (medians.get(k) for k in results)
     if cpus["A"] and cpus["B"]:
         ca, cb = statistics.median(cpus["A"]), statistics.median(cpus["B"])
-        print("daemon CPU per transfer, median: A %.2f s, B %.2f s (B/A %.3f)"
-              % (ca, cb, cb / ca if ca else float("nan")))
+        print(
+            "daemon CPU per transfer, median: A %.2f s, B %.2f s (B/A %.3f)" % (ca, cb, cb / ca if ca else float("nan"))
+        )
     if rss_pairs:
         growth = [after - before for before, after in rss_pairs]
-        print("daemon RSS: %s at start, before/after B median %s / %s "
-              "(median growth %+.0f KiB), %s at the end"
-              % (mib(rss_start), mib(statistics.median(p[0] for p in rss_pairs)),
-                 mib(statistics.median(p[1] for p in rss_pairs)),
-                 statistics.median(growth), mib(rss_end)))
+        print(
+            "daemon RSS: %s at start, before/after B median %s / %s "
+            "(median growth %+.0f KiB), %s at the end"
+            % (
+                mib(rss_start),
+                mib(statistics.median(p[0] for p in rss_pairs)),
+                mib(statistics.median(p[1] for p in rss_pairs)),
+                statistics.median(growth),
+                mib(rss_end),
+            )
+        )
     if a and b:
         ratio = b / a
         pairs = [rb / ra for ra, rb in pairs if ra and rb]
-        print("A %.0f MB/s | B %.0f MB/s | ratio B/A %.3f%s | per run pair B/A: "
-              "median %.3f, %s" % (
-                  a, b, ratio, "" if ratio >= RATIO_TARGET
-                  else " MISSED (target >= %.2f)" % RATIO_TARGET,
-                  statistics.median(pairs), " ".join("%.2f" % r for r in pairs)))
+        print(
+            "A %.0f MB/s | B %.0f MB/s | ratio B/A %.3f%s | per run pair B/A: "
+            "median %.3f, %s"
+            % (
+                a,
+                b,
+                ratio,
+                "" if ratio >= RATIO_TARGET else " MISSED (target >= %.2f)" % RATIO_TARGET,
+                statistics.median(pairs),
+                " ".join("%.2f" % r for r in pairs),
+            )
+        )
 
 
 def main():
     parser = argument_parser(__doc__)
-    parser.add_argument("--size", type=parse_size, default="1G",
-                        help="bytes per transfer, e.g. 256M, 1G (default 1G)")
-    parser.add_argument("--runs", type=int, default=5,
-                        help="transfers of each kind, A and B (default 5)")
-    parser.add_argument("--spectators", type=int, default=50,
-                        help="stalled spectators in each B run (default 50, "
-                             "the daemon's --max-spectators)")
-    parser.add_argument("--rcvbuf", type=int, default=4096,
-                        help="SO_RCVBUF of each spectator socket (default 4096; "
-                             "the kernel doubles it)")
-    parser.add_argument("--twistd", default=default_twistd(),
-                        help="twistd with the hoodypipe plugin "
-                             "(default: twistd next to sys.executable)")
-    parser.add_argument("--timeout", type=float, default=300,
-                        help="seconds allowed per transfer (default 300)")
-    parser.add_argument("--no-warmup", action="store_true",
-                        help="skip the untimed %d MiB warm-up transfer"
-                             % (WARMUP_SIZE // MIB))
+    parser.add_argument("--size", type=parse_size, default="1G", help="bytes per transfer, e.g. 256M, 1G (default 1G)")
+    parser.add_argument("--runs", type=int, default=5, help="transfers of each kind, A and B (default 5)")
+    parser.add_argument(
+        "--spectators",
+        type=int,
+        default=50,
+        help="stalled spectators in each B run (default 50, the daemon's --max-spectators)",
+    )
+    parser.add_argument(
+        "--rcvbuf",
+        type=int,
+        default=4096,
+        help="SO_RCVBUF of each spectator socket (default 4096; the kernel doubles it)",
+    )
+    parser.add_argument(
+        "--twistd",
+        default=default_twistd(),
+        help="twistd with the hoodypipe plugin (default: twistd next to sys.executable)",
+    )
+    parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per transfer (default 300)")
+    parser.add_argument(
+        "--no-warmup", action="store_true", help="skip the untimed %d MiB warm-up transfer" % (WARMUP_SIZE // MIB)
+    )
     args = parser.parse_args()
     exit_on_sigterm()
 
@@ -243,8 +272,7 @@ def main():
         print("hoodypipe pid %d, port %d" % (daemon.pid, port), flush=True)
         if not args.no_warmup:
             try:
-                transfer(pipe_url(port, "warmup-" + uuid.uuid4().hex),
-                         min(args.size, WARMUP_SIZE), args.timeout)
+                transfer(pipe_url(port, "warmup-" + uuid.uuid4().hex), min(args.size, WARMUP_SIZE), args.timeout)
             except TransferFailed as e:
                 failures += 1
                 print("warm-up FAILED: %s" % e, flush=True)
@@ -261,12 +289,12 @@ def main():
                         seconds, cpu = run_a(daemon, port, name, args)
                         extra = ""
                     else:
-                        seconds, cpu, before, after, unread, queued = run_b(
-                            daemon, port, name, args)
+                        seconds, cpu, before, after, unread, queued = run_b(daemon, port, name, args)
                         rss_pairs.append((before, after))
-                        extra = ("  RSS %s -> %s; stuck: %d B unread at a spectator, "
-                                 "%d B in a daemon send queue (max)"
-                                 % (mib(before), mib(after), unread, queued))
+                        extra = (
+                            "  RSS %s -> %s; stuck: %d B unread at a spectator, "
+                            "%d B in a daemon send queue (max)" % (mib(before), mib(after), unread, queued)
+                        )
                 except (TransferFailed, SpectatorsRefused, OSError) as e:
                     failures += 1
                     print("%-9s FAILED: %s" % (label, e), flush=True)
@@ -275,11 +303,9 @@ def main():
                 results[labels[kind]].append(rate)
                 cpus[kind].append(cpu)
                 pairs[-1]["AB".index(kind)] = rate
-                print("%-9s %7.2f s %8.0f MB/s, daemon CPU %.2f s%s"
-                      % (label, seconds, rate, cpu, extra), flush=True)
+                print("%-9s %7.2f s %8.0f MB/s, daemon CPU %.2f s%s" % (label, seconds, rate, cpu, extra), flush=True)
         time.sleep(0.5)
-        report(results, pairs, cpus, rss_pairs, args, rss_start,
-               sample_rss(daemon.pid))
+        report(results, pairs, cpus, rss_pairs, args, rss_start, sample_rss(daemon.pid))
     finally:
         daemon.stop()
     if failures:

@@ -47,8 +47,14 @@ def sha256(data: bytes) -> str:
 # -- plain HTTP requests (http.client sends the target as given) -------------------
 
 
-def fetch(daemon, target: str, method: str = "GET", headers: dict[str, str] | None = None,
-          body: bytes | None = None, timeout: float = 10) -> Response:
+def fetch(
+    daemon,
+    target: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 10,
+) -> Response:
     """One request on a fresh connection; ``target`` is a path like ``/api/v1/pipe/x?n=2``."""
     conn = http.client.HTTPConnection(daemon.host, daemon.port, timeout=timeout)
     try:
@@ -191,7 +197,7 @@ class Sender(Curl):
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
         for i in range(0, len(view), CHUNK):
-            self.proc.stdin.write(view[i:i + CHUNK])
+            self.proc.stdin.write(view[i : i + CHUNK])
         self.proc.stdin.flush()
 
     def feed_async(self, data: bytes | Callable[[], Any], close: bool = True) -> None:

@@ -28,14 +28,39 @@ PREFIX = "/api/v1/pipe/"
 # Every field of DESIGN.md section 4, documented names and the seed's short ones.
 STATE_FIELDS = {"state", "hasSender", "activeReceivers", "totalReceivers", "receivers"}
 PROGRESS_FIELDS = {
-    "bytesTransferred", "bytes", "totalBytes", "speed", "mbps", "eta", "etaSec",
-    "percent", "elapsed", "activeReceivers", "receivers",
+    "bytesTransferred",
+    "bytes",
+    "totalBytes",
+    "speed",
+    "mbps",
+    "eta",
+    "etaSec",
+    "percent",
+    "elapsed",
+    "activeReceivers",
+    "receivers",
 }
 DONE_FIELDS = {"state", "bytesTransferred", "bytes", "duration", "durationSec", "avgSpeed", "mbps", "reason"}
 STATUS_FIELDS = {
-    "state", "hasSender", "activeReceivers", "totalReceivers", "bytesTransferred", "totalBytes",
-    "speed", "eta", "elapsed", "reason", "percent", "startedAt", "finishedAt", "history",
-    "bytes", "mbps", "etaSec", "durationSec", "receivers",
+    "state",
+    "hasSender",
+    "activeReceivers",
+    "totalReceivers",
+    "bytesTransferred",
+    "totalBytes",
+    "speed",
+    "eta",
+    "elapsed",
+    "reason",
+    "percent",
+    "startedAt",
+    "finishedAt",
+    "history",
+    "bytes",
+    "mbps",
+    "etaSec",
+    "durationSec",
+    "receivers",
 }
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
@@ -192,8 +217,9 @@ class CurlSSE(EventLog):
             self.proc.stderr.close()
             self.end()
 
-    def wait_for(self, predicate: Callable[[Event], Any], timeout: float = 10, what: str = "an event",
-                 after: int = 0) -> Event:
+    def wait_for(
+        self, predicate: Callable[[Event], Any], timeout: float = 10, what: str = "an event", after: int = 0
+    ) -> Event:
         try:
             return wait_for(lambda: self.find(predicate, after), timeout, what, 0.01)
         except AssertionError as error:
@@ -215,8 +241,14 @@ class CurlSSE(EventLog):
 # -- raw spectators (they never read) ----------------------------------------------------------
 
 
-def open_spectator(daemon, name: str, query: str = "progress", accept: str = "text/event-stream",
-                   rcvbuf: int | None = None, timeout: float = 10) -> tuple[socket.socket, int, dict[str, str]]:
+def open_spectator(
+    daemon,
+    name: str,
+    query: str = "progress",
+    accept: str = "text/event-stream",
+    rcvbuf: int | None = None,
+    timeout: float = 10,
+) -> tuple[socket.socket, int, dict[str, str]]:
     """Open a ``?progress`` request on a raw socket; read only the status line and headers."""
     conn = Connection(daemon.host, daemon.port, timeout, rcvbuf=rcvbuf)
     try:
@@ -228,8 +260,14 @@ def open_spectator(daemon, name: str, query: str = "progress", accept: str = "te
     return conn.sock, head.status, {k.lower(): v for k, v in head.headers}
 
 
-def stream_head(daemon, name: str, query: str = "progress", headers: dict[str, str] | None = None,
-                want: bytes = b"\n\n", timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+def stream_head(
+    daemon,
+    name: str,
+    query: str = "progress",
+    headers: dict[str, str] | None = None,
+    want: bytes = b"\n\n",
+    timeout: float = 10,
+) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and the first bytes of a streaming answer; then hang up."""
     conn = http.client.HTTPConnection(daemon.host, daemon.port, timeout=timeout)
     try:
@@ -270,9 +308,20 @@ class PacedSender:
     not soak up the first seconds of the pacing.
     """
 
-    def __init__(self, daemon, name: str, total: int, duration: float, *, sized: bool = True,
-                 pipe_size: int | None = None, query: str = "", step: int = 32 * 1024,
-                 wait_streaming: bool = True, seed: int = 1) -> None:
+    def __init__(
+        self,
+        daemon,
+        name: str,
+        total: int,
+        duration: float,
+        *,
+        sized: bool = True,
+        pipe_size: int | None = None,
+        query: str = "",
+        step: int = 32 * 1024,
+        wait_streaming: bool = True,
+        seed: int = 1,
+    ) -> None:
         self.daemon = daemon
         self.name = name
         self.total = total
@@ -295,15 +344,22 @@ class PacedSender:
 
     def _run(self) -> None:
         try:
-            headers = [("Content-Type", "application/octet-stream"), ("Connection", "close"),
-                       ("Content-Length", str(self.total)) if self.sized else ("Transfer-Encoding", "chunked")]
+            headers = [
+                ("Content-Type", "application/octet-stream"),
+                ("Connection", "close"),
+                ("Content-Length", str(self.total)) if self.sized else ("Transfer-Encoding", "chunked"),
+            ]
             if self.pipe_size is not None:
                 headers.append(("X-Pipe-Size", str(self.pipe_size)))
             target = f"{PREFIX}{self.name}{'?' + self.query if self.query else ''}"
             self.sock.sendall(request("PUT", target, headers, host=f"{self.daemon.host}:{self.daemon.port}"))
             if self.wait_streaming:
-                wait_for(lambda: self.killed.is_set() or _state(self.daemon, self.name) == "streaming",
-                         60, f"{self.name} to stream", 0.02)
+                wait_for(
+                    lambda: self.killed.is_set() or _state(self.daemon, self.name) == "streaming",
+                    60,
+                    f"{self.name} to stream",
+                    0.02,
+                )
             steps = max(1, -(-self.total // self.step))
             start = time.monotonic()
             for i in range(steps):
@@ -432,8 +488,12 @@ def check_fields(events: list[Event]) -> None:
             assert not missing, f"{event.kind} event lacks {sorted(missing)}: {event.data}"
     for event in events:
         data = event.data or {}
-        pairs = [("bytesTransferred", "bytes"), ("eta", "etaSec"), ("activeReceivers", "receivers"),
-                 ("duration", "durationSec")]
+        pairs = [
+            ("bytesTransferred", "bytes"),
+            ("eta", "etaSec"),
+            ("activeReceivers", "receivers"),
+            ("duration", "durationSec"),
+        ]
         for long, short in pairs:
             if long in data and short in data:
                 assert data[long] == data[short], f"{long} != {short} in {event}"

@@ -48,8 +48,12 @@ SCRIPTABLE = re.compile(
     r"application/javascript|application/x-javascript|application/ecmascript|text/ecmascript|text/xsl|"
     r"multipart/x-mixed-replace|text/vtt)$"
 )
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-                database=None, print_blob=True)
+SETTINGS = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=None,
+    print_blob=True,
+)
 
 
 # -- a daemon for the module, checked on the way out -------------------------------------------
@@ -57,9 +61,18 @@ SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Heal
 
 @pytest.fixture(scope="module")
 def fuzzd():
-    daemon = start_daemon("--wait-timeout", "3", "--idle-timeout", "3",
-                          "--max-connections-per-address", "2048", "--max-waiting-per-address", "2048",
-                          "--max-pending", "4096")
+    daemon = start_daemon(
+        "--wait-timeout",
+        "3",
+        "--idle-timeout",
+        "3",
+        "--max-connections-per-address",
+        "2048",
+        "--max-waiting-per-address",
+        "2048",
+        "--max-pending",
+        "4096",
+    )
     yield daemon
     try:
         assert exchange(daemon, b"GET /api/v1/pipe/health HTTP/1.1\r\nHost: x\r\n\r\n").status == 200
@@ -67,8 +80,10 @@ def fuzzd():
         deadline = time.monotonic() + 15
         while True:
             gauges = metrics(daemon)
-            if all(gauges.get(k) == 0 for k in ("hoodypipe_pending_pipes", "hoodypipe_active_pipes",
-                                                  "hoodypipe_spectators")):
+            if all(
+                gauges.get(k) == 0
+                for k in ("hoodypipe_pending_pipes", "hoodypipe_active_pipes", "hoodypipe_spectators")
+            ):
                 break
             assert time.monotonic() < deadline, f"registry not empty after the fuzz tests: {gauges}"
             time.sleep(0.2)
@@ -77,7 +92,7 @@ def fuzzd():
         text = daemon.log_text()
         shutil.rmtree(daemon.workdir, ignore_errors=True)
     at = text.find("Traceback")
-    assert at < 0, f"the daemon logged a traceback:\n{text[max(0, at - 2000):at + 3000]}"
+    assert at < 0, f"the daemon logged a traceback:\n{text[max(0, at - 2000) : at + 3000]}"
 
 
 # -- raw HTTP -----------------------------------------------------------------------------------
@@ -148,7 +163,8 @@ def metrics(daemon) -> dict[str, float]:
 
 def check_answer(answer: Answer, allowed: set[int | None], what: object, has_body: bool = True) -> None:
     assert answer.status in allowed, (
-        f"status {answer.status} not in {sorted(allowed, key=str)} for {what!r}: {answer.head!r}")
+        f"status {answer.status} not in {sorted(allowed, key=str)} for {what!r}: {answer.head!r}"
+    )
     if answer.response is not None:
         problems = answer_problems(answer.response, has_body)
         assert not problems, f"{problems} for {what!r}:\n{answer.head!r}"
@@ -198,7 +214,8 @@ def render_query(items: list[tuple[str, str, bool]]) -> bytes:
 def header_value(extra: list[bytes] | None = None):
     interesting = [*HEADER_VALUES, *(extra or [])]
     return st.lists(st.one_of(st.sampled_from(interesting), PRINTABLE, st.binary(max_size=4)), max_size=8).map(
-        lambda parts: _no_new_lines(b"".join(parts)))
+        lambda parts: _no_new_lines(b"".join(parts))
+    )
 
 
 def _no_new_lines(value: bytes) -> bytes:
@@ -233,7 +250,8 @@ def int_ok(value: str | None, low: int, high: int) -> bool:
 def seconds_ok(value: str | None, low: float, high: float) -> bool:
     """``?wait=``: seconds, fractions allowed."""
     return value is None or (
-        re.fullmatch(r"[0-9]{1,7}(\.[0-9]{1,6})?", value) is not None and low <= float(value) <= high)
+        re.fullmatch(r"[0-9]{1,7}(\.[0-9]{1,6})?", value) is not None and low <= float(value) <= high
+    )
 
 
 def download_ok(value: str | None) -> bool:
@@ -245,8 +263,7 @@ def download_ok(value: str | None) -> bool:
 
 
 @settings(max_examples=300, **SETTINGS)
-@given(name=NAMES, query=QUERIES, method=st.sampled_from([b"GET", b"HEAD", b"OPTIONS"]),
-       prefixed=st.booleans())
+@given(name=NAMES, query=QUERIES, method=st.sampled_from([b"GET", b"HEAD", b"OPTIONS"]), prefixed=st.booleans())
 def test_any_name_and_query_on_the_status_page(fuzzd, name, query, method, prefixed):
     """``?status`` (and OPTIONS) on any target: a JSON snapshot, a page, or one [ERROR] line."""
     query = [q for q in query if q[0] not in ("progress", "status")]
@@ -271,8 +288,11 @@ def test_any_name_and_query_on_the_status_page(fuzzd, name, query, method, prefi
 
 
 @settings(max_examples=150, **SETTINGS)
-@given(query=QUERIES, x_pipe_size=st.one_of(st.none(), header_value([b"123", b"-1", b"1" * 20, b" 42 "])),
-       sized=st.booleans())
+@given(
+    query=QUERIES,
+    x_pipe_size=st.one_of(st.none(), header_value([b"123", b"-1", b"1" * 20, b" 42 "])),
+    sized=st.booleans(),
+)
 def test_sender_query_and_size_are_validated(fuzzd, query, x_pipe_size, sized):
     """A sender with any ``n``, ``wait`` and ``X-Pipe-Size``: accepted (200, waiting) exactly when
     they are valid, else one [ERROR] line with 400."""
@@ -311,8 +331,9 @@ def test_receiver_query_is_validated(fuzzd, query):
     target = PREFIX + name + (b"?" + render_query(query) if query else b"")
     raw = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     first = pipe_flag_or_int_ok(query)
-    valid = (int_ok(first.get("n"), 1, 256) and seconds_ok(first.get("wait"), 1, 3600)
-             and download_ok(first.get("download")))
+    valid = (
+        int_ok(first.get("n"), 1, 256) and seconds_ok(first.get("wait"), 1, 3600) and download_ok(first.get("download"))
+    )
     with socket.create_connection((fuzzd.host, fuzzd.port), timeout=0.15 if valid else 5) as sock:
         sock.sendall(raw)
         answer = _read_answer(sock)
@@ -329,18 +350,24 @@ def test_receiver_query_is_validated(fuzzd, query):
     disposition=st.one_of(st.none(), header_value()),
     x_piping=st.one_of(st.none(), header_value([b"x" * 9000])),
     x_hoody=st.one_of(st.none(), header_value()),
-    receiver_query=st.lists(st.tuples(st.sampled_from(["download", "filename"]), QUERY_VALUE, st.booleans()),
-                            max_size=2),
+    receiver_query=st.lists(
+        st.tuples(st.sampled_from(["download", "filename"]), QUERY_VALUE, st.booleans()), max_size=2
+    ),
     body=st.binary(max_size=2000),
 )
-def test_sender_headers_reach_receivers_safely(fuzzd, content_type, disposition, x_piping, x_hoody,
-                                               receiver_query, body):
+def test_sender_headers_reach_receivers_safely(
+    fuzzd, content_type, disposition, x_piping, x_hoody, receiver_query, body
+):
     """Whatever a sender puts in Content-Type, Content-Disposition, X-Piping and X-Hoody-Pipe, and
     whatever the receiver asks with ?download and ?filename: the body arrives intact, no header is
     injected, nothing scriptable is served, and ``inline`` is kept only for safe types."""
     name = fresh("fzh")
-    sent = {b"Content-Type": content_type, b"Content-Disposition": disposition, b"X-Piping": x_piping,
-            b"X-Hoody-Pipe": x_hoody}
+    sent = {
+        b"Content-Type": content_type,
+        b"Content-Disposition": disposition,
+        b"X-Piping": x_piping,
+        b"X-Hoody-Pipe": x_hoody,
+    }
     head = b"PUT " + PREFIX + name + b" HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % len(body)
     for key, value in sent.items():
         if value is not None:
@@ -365,8 +392,13 @@ def test_sender_headers_reach_receivers_safely(fuzzd, content_type, disposition,
         assert answer.status == 200, f"sender refused: {raw[:500]!r} -> {answer.body!r}"
         query = render_query(receiver_query)
         first = pipe_flag_or_int_ok(receiver_query)
-        get = (b"GET " + PREFIX + name + (b"?" + query if query else b"") +
-               b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        get = (
+            b"GET "
+            + PREFIX
+            + name
+            + (b"?" + query if query else b"")
+            + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         got = exchange(fuzzd, get, timeout=10)
         if not download_ok(first.get("download")):
             check_answer(got, {400}, get)
@@ -386,15 +418,18 @@ def test_sender_headers_reach_receivers_safely(fuzzd, content_type, disposition,
         assert not SCRIPTABLE.match(media), f"scriptable type served: {shown_type!r} from {content_type!r}"
     shown_disposition = got.header("content-disposition")
     if shown_disposition is not None:
-        assert re.fullmatch(rb"(attachment|inline)(; filename=\"[\x20\x21\x23-\x5b\x5d-\x7e]*\""
-                            rb"(; filename\*=UTF-8''[!-~]+)?)?", shown_disposition), shown_disposition
+        assert re.fullmatch(
+            rb"(attachment|inline)(; filename=\"[\x20\x21\x23-\x5b\x5d-\x7e]*\""
+            rb"(; filename\*=UTF-8''[!-~]+)?)?",
+            shown_disposition,
+        ), shown_disposition
         if shown_disposition.startswith(b"inline"):
             declared = re.sub(r"[\x00-\x1f\x7f]", "", twisted_value(content_type or b"").decode("latin-1"))
             declared = declared.split(";")[0].strip().lower()
             top = declared.split("/", 1)[0]
             assert declared != "image/svg+xml" and (
-                top in ("image", "audio", "video") or declared in ("text/plain", "application/pdf")), (
-                f"inline kept for {content_type!r}: {shown_disposition!r}")
+                top in ("image", "audio", "video") or declared in ("text/plain", "application/pdf")
+            ), f"inline kept for {content_type!r}: {shown_disposition!r}"
     download, filename = first.get("download"), first.get("filename")
     word = download.strip().lower() if download is not None else None
     if filename is not None or word in ("", "true", "yes", "1"):
@@ -457,8 +492,12 @@ HOST = st.one_of(
 
 
 @settings(max_examples=200, **SETTINGS)
-@given(host=HOST, target=st.sampled_from([b"/api/v1/pipe/health", b"/help", b"/", b"/api/v1/pipe/fzq?status",
-                                            b"/api/v1/pipe/metrics"]))
+@given(
+    host=HOST,
+    target=st.sampled_from(
+        [b"/api/v1/pipe/health", b"/help", b"/", b"/api/v1/pipe/fzq?status", b"/api/v1/pipe/metrics"]
+    ),
+)
 def test_any_host_header(fuzzd, host, target):
     """Whatever the Host header says: the page, or one [ERROR] line with 400; never a 500, and the
     help page never echoes a hostile Host."""
@@ -475,14 +514,16 @@ def test_any_host_header(fuzzd, host, target):
 
 @settings(max_examples=100, **SETTINGS)
 @given(
-    request=st.sampled_from([
-        b"GET /api/v1/pipe/fzb?status HTTP/1.1",  # 413: only uploads carry a body
-        b"HEAD /api/v1/pipe/fzb?status HTTP/1.1",
-        b"OPTIONS /api/v1/pipe/fzb HTTP/1.1",
-        b"PUT /api/v1/pipe/bad%2Fname HTTP/1.1",  # 400: a bad name
-        b"POST /api/v1/pipe/fzb?n=0 HTTP/1.1",  # 400: a bad n
-        b"PUT /help HTTP/1.1",  # 400: a reserved path
-    ]),
+    request=st.sampled_from(
+        [
+            b"GET /api/v1/pipe/fzb?status HTTP/1.1",  # 413: only uploads carry a body
+            b"HEAD /api/v1/pipe/fzb?status HTTP/1.1",
+            b"OPTIONS /api/v1/pipe/fzb HTTP/1.1",
+            b"PUT /api/v1/pipe/bad%2Fname HTTP/1.1",  # 400: a bad name
+            b"POST /api/v1/pipe/fzb?n=0 HTTP/1.1",  # 400: a bad n
+            b"PUT /help HTTP/1.1",  # 400: a reserved path
+        ]
+    ),
     framing=st.one_of(st.sampled_from(BAD_CHUNKED_BODIES), st.binary(min_size=1, max_size=40)),
 )
 def test_a_refused_request_gets_one_answer_whatever_its_body(fuzzd, request, framing):
@@ -506,8 +547,11 @@ FOUND = [
     pytest.param(b"GET /api/v1/pipe/caf%E9?status HTTP/1.1\r\nHost: x\r\n\r\n", {200, 400}, id="latin1-escape-in-name"),
     pytest.param(b"GET /caf\xe9?status HTTP/1.1\r\nHost: x\r\n\r\n", {400}, id="raw-non-ascii-in-target"),
     pytest.param(b"GET /api/v1/pipe/health HTTP/1.1\r\nHost: caf\xe9.example\r\n\r\n", {200, 400}, id="latin1-host"),
-    pytest.param(b"GET /api/v1/pipe/health HTTP/1.1\r\nHost: " + b"a" * 64 + b".example\r\n\r\n", {200, 400},
-                 id="host-label-over-63"),
+    pytest.param(
+        b"GET /api/v1/pipe/health HTTP/1.1\r\nHost: " + b"a" * 64 + b".example\r\n\r\n",
+        {200, 400},
+        id="host-label-over-63",
+    ),
     pytest.param(b"GET /api/v1/pipe/health HTTP/1.1\r\nHost: a..b\r\n\r\n", {200, 400}, id="host-empty-label"),
 ]
 
