@@ -67,8 +67,17 @@ def start_daemon(*args: str, timeout: float = 20.0) -> Daemon:
     port_file = workdir / "port"
     log = workdir / "twistd.log"
     command = [
-        TWISTD, "-n", "--pidfile=", "--logfile", str(log), "hoodypipe",
-        "--listen", "tcp:0:interface=127.0.0.1", "--port-file", str(port_file), *args,
+        TWISTD,
+        "-n",
+        "--pidfile=",
+        "--logfile",
+        str(log),
+        "hoodypipe",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--port-file",
+        str(port_file),
+        *args,
     ]
     process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.web.http_headers import Headers
 
 from hoodypipe.errors import HTTPError
 from hoodypipe.headers import SenderHeaders
-from twisted.web.http_headers import Headers
 
 
 class FakeSender:
-    def __init__(self, n: int = 1, wait: float = 300, headers: Headers | None = None, address: str | None = None) -> None:
+    def __init__(
+        self, n: int = 1, wait: float = 300, headers: Headers | None = None, address: str | None = None
+    ) -> None:
         self.n = n
         self.wait = wait
         self.address = address
@@ -19,7 +21,7 @@ class FakeSender:
         self.headers = SenderHeaders.read(headers or Headers())
         self.lines: list[str] = []
         self.reading = True
-        self.ended: str | None | bool = False
+        self.ended: str | bool | None = False
 
     def say(self, text: str) -> None:
         self.lines.append(f"[INFO] {text}")

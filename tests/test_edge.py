@@ -113,8 +113,19 @@ def test_query_wait_with_fractions_end_to_end_in_memory():
     assert receiver.response().status == 408
 
 
-@pytest.mark.parametrize(("value", "on"), [("", True), ("1", True), ("x", True), ("yes", True), ("no", False),
-                                           ("0", False), ("false", False), ("FALSE", False)])
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [
+        ("", True),
+        ("1", True),
+        ("x", True),
+        ("yes", True),
+        ("no", False),
+        ("0", False),
+        ("false", False),
+        ("FALSE", False),
+    ],
+)
 def test_download_is_on_for_any_value_but_false_no_0(value, on):
     assert PartyQuery.parse(Query.parse(f"download={value}".encode()), 256, 300).download is on
     assert PartyQuery.parse(Query.parse(b""), 256, 300).download is None

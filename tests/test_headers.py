@@ -67,7 +67,10 @@ def test_passed_through_headers_are_stripped_capped_and_exposed():
     got = receiver_headers({b"X-Piping": b"a\x01b" + b"c" * 9000, b"X-Hoody-Pipe": b"meta"})
     assert got[b"X-Piping"] == b"ab" + b"c" * (8192 - 2)
     assert got[b"X-Hoody-Pipe"] == b"meta"
-    assert got[b"Access-Control-Expose-Headers"] == b"Content-Disposition, X-Hoody-Pipe-Transfer-Id, X-Piping, X-Hoody-Pipe"
+    assert (
+        got[b"Access-Control-Expose-Headers"]
+        == b"Content-Disposition, X-Hoody-Pipe-Transfer-Id, X-Piping, X-Hoody-Pipe"
+    )
     assert got[b"Access-Control-Allow-Origin"] == b"*"
     assert got[b"X-Content-Type-Options"] == b"nosniff"
     assert got[b"X-Robots-Tag"] == b"none"

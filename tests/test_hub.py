@@ -88,10 +88,10 @@ def test_a_full_spectator_gets_the_latest_figures_only_and_never_blocks_the_tran
     d = MemoryDaemon()
     d.hub.start()
     watcher = d.receiver("/x?progress", SSE)
-    sender, receiver = started(d)
+    sender, _receiver = started(d)
     watcher.channel.pauseProducing()  # its socket buffer is full
     before = len(watcher.raw)
-    for i in range(40):
+    for _i in range(40):
         sender.chunk(b"z" * 10)
         d.clock.advance(0.25)
     assert len(watcher.raw) == before  # nothing queued behind a full socket
@@ -190,23 +190,44 @@ def test_status_of_an_unused_name_is_idle_with_every_field():
     got = d.receiver("/nobody?status").response()
     assert got.status == 200 and got.headers["cache-control"] == "no-store"
     body = json.loads(got.body)
-    for key in ("state", "hasSender", "activeReceivers", "totalReceivers", "bytesTransferred", "totalBytes",
-                "speed", "eta", "elapsed", "reason", "percent", "startedAt", "finishedAt", "history",
-                "bytes", "mbps", "etaSec", "durationSec", "receivers"):
+    for key in (
+        "state",
+        "hasSender",
+        "activeReceivers",
+        "totalReceivers",
+        "bytesTransferred",
+        "totalBytes",
+        "speed",
+        "eta",
+        "elapsed",
+        "reason",
+        "percent",
+        "startedAt",
+        "finishedAt",
+        "history",
+        "bytes",
+        "mbps",
+        "etaSec",
+        "durationSec",
+        "receivers",
+    ):
         assert key in body
     assert body["state"] == "idle"
 
 
-@pytest.mark.parametrize("accept, kind", [
-    ("text/html,application/xhtml+xml,*/*;q=0.8", "text/html"),
-    ("text/event-stream", "text/event-stream"),
-    ("*/*", "text/event-stream"),
-    (None, "text/event-stream"),
-    ("application/json", "application/json"),
-    ("text/plain", "text/plain"),
-    ("text/html;q=0, application/json", "application/json"),
-    ("application/json;q=0.5, text/plain;q=0.9", "text/plain"),
-])
+@pytest.mark.parametrize(
+    "accept, kind",
+    [
+        ("text/html,application/xhtml+xml,*/*;q=0.8", "text/html"),
+        ("text/event-stream", "text/event-stream"),
+        ("*/*", "text/event-stream"),
+        (None, "text/event-stream"),
+        ("application/json", "application/json"),
+        ("text/plain", "text/plain"),
+        ("text/html;q=0, application/json", "application/json"),
+        ("application/json;q=0.5, text/plain;q=0.9", "text/plain"),
+    ],
+)
 def test_format_is_chosen_by_accept(accept, kind):
     d = MemoryDaemon()
     got = d.receiver("/x?progress", {"Accept": accept} if accept else {}).response()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hoodypipe.pipes import Limits
 from hoodypipe.channel import HEADER_TIMEOUT
+from hoodypipe.pipes import Limits
 from tests.memhttp import MemoryDaemon
 
 

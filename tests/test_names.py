@@ -73,9 +73,20 @@ def test_name_length_limit_counts_raw_characters():
         parse_target(b"/" + b"%41" * 342)  # 1026 raw characters, 342 decoded
 
 
-@pytest.mark.parametrize("query, expected", [(b"progress", True), (b"progress=", True), (b"progress=true", True),
-    (b"progress=YES", True), (b"progress=1", True), (b"progress=false", False), (b"progress=no", False),
-    (b"progress=0", False), (b"other", False)])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        (b"progress", True),
+        (b"progress=", True),
+        (b"progress=true", True),
+        (b"progress=YES", True),
+        (b"progress=1", True),
+        (b"progress=false", False),
+        (b"progress=no", False),
+        (b"progress=0", False),
+        (b"other", False),
+    ],
+)
 def test_boolean_flags(query, expected):
     assert Query.parse(query).flag("progress") is expected
 

@@ -63,7 +63,7 @@ def test_full_lifecycle_and_counts():
 
 
 def test_name_is_reusable_at_once():
-    reg, clock, _ = registry()
+    reg, _clock, _ = registry()
     first = reg.add_sender("x", FakeSender())
     reg.add_receiver("x", FakeReceiver())
     first.upload_complete()
@@ -186,7 +186,7 @@ def test_sender_lost_after_its_whole_body_still_completes():
 
 
 def test_idle_timeout_counts_from_the_last_activity():
-    reg, clock, observer = registry(idle_timeout=8, min_rate=0)  # no minimum rate: any byte counts
+    reg, clock, _observer = registry(idle_timeout=8, min_rate=0)  # no minimum rate: any byte counts
     pipe = reg.add_sender("x", sender := FakeSender())
     reg.add_receiver("x", receiver := FakeReceiver())
     for _ in range(5):
@@ -306,7 +306,7 @@ def test_a_receiver_lost_before_acknowledging_is_not_told_complete():
 
 def test_a_receiver_that_never_acknowledges_meets_the_idle_timeout():
     reg, clock, _ = registry(idle_timeout=8)
-    pipe = reg.add_sender("x", sender := FakeSender())
+    pipe = reg.add_sender("x", _sender := FakeSender())
     reg.add_receiver("x", receiver := FakeReceiver())
     receiver.unacked = 4096
     pipe.data(b"payload")

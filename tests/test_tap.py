@@ -6,8 +6,8 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from hoodypipe.tap import Options, makeService
 from hoodypipe.channel import PipeSite
+from hoodypipe.tap import Options, makeService
 
 
 def options(*argv: str) -> Options:
@@ -46,8 +46,18 @@ def test_bad_options_are_usage_errors(argv):
 
 def test_service_listens_on_every_endpoint_and_wires_the_limits():
     reactor = MemoryReactorClock()
-    config = options("--listen", "tcp:0:interface=127.0.0.1", "--listen", "tcp:8081", "--max-receivers", "3",
-                     "--wait-timeout", "7", "--max-spectators", "9")
+    config = options(
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--listen",
+        "tcp:8081",
+        "--max-receivers",
+        "3",
+        "--wait-timeout",
+        "7",
+        "--max-spectators",
+        "9",
+    )
     service = makeService(config, reactor)
     service.startService()
     ports = [(port, interface) for port, _, _, interface in reactor.tcpServers]

@@ -303,10 +303,13 @@ def test_defer_header_holds_the_status_lines_until_the_body_is_in():
 
 def test_non_utf8_targets_and_bad_hosts_get_one_clean_error_line():
     d = MemoryDaemon()
-    for raw in (b"GET /api/v1/pipe/caf%E9?status HTTP/1.1\r\nHost: a\r\n\r\n",
-                b"GET /%FF?status HTTP/1.1\r\nHost: a\r\n\r\n", b"GET /\x80x?status HTTP/1.1\r\nHost: a\r\n\r\n",
-                b"GET /x?status HTTP/1.1\r\nHost: " + b"a" * 70 + b".example\r\n\r\n",
-                b"GET /x?status HTTP/1.1\r\nHost: a..b\r\n\r\n"):
+    for raw in (
+        b"GET /api/v1/pipe/caf%E9?status HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /%FF?status HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /\x80x?status HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /x?status HTTP/1.1\r\nHost: " + b"a" * 70 + b".example\r\n\r\n",
+        b"GET /x?status HTTP/1.1\r\nHost: a..b\r\n\r\n",
+    ):
         got = d.connect().send(raw).response()
         assert got.status in (200, 400), raw
         assert got.status == 200 or got.body.startswith(b"[ERROR] ")

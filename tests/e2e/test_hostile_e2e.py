@@ -84,8 +84,10 @@ def test_pipelined_pages_never_read_cost_little_and_health_stays_fast(daemon_fac
         time.sleep(0.01)
     p50, p99 = health_latency(daemon)
     growth = (daemon.rss() - before) / 2**20
-    print(f"\npipelined pages never read: {sent / 2**20:.1f} MiB of requests sent, RSS +{growth:.1f} MiB, "
-          f"/health p50 {p50:.1f} ms (idle {base_p50:.1f} ms), p99 {p99:.1f} ms")
+    print(
+        f"\npipelined pages never read: {sent / 2**20:.1f} MiB of requests sent, RSS +{growth:.1f} MiB, "
+        f"/health p50 {p50:.1f} ms (idle {base_p50:.1f} ms), p99 {p99:.1f} ms"
+    )
     for sock in attackers:
         sock.close()
     assert growth < 32, f"RSS grew {growth:.1f} MiB"
@@ -93,8 +95,9 @@ def test_pipelined_pages_never_read_cost_little_and_health_stays_fast(daemon_fac
 
 
 def test_two_hundred_stalled_receivers_cost_a_bounded_budget(daemon_factory):
-    daemon = daemon_factory("--max-waiting-per-address", "1000", "--max-connections-per-address", "1000",
-                            "--idle-timeout", "60")
+    daemon = daemon_factory(
+        "--max-waiting-per-address", "1000", "--max-connections-per-address", "1000", "--idle-timeout", "60"
+    )
     name = unique("fan")
     before = daemon.rss()
     stalled = []
@@ -112,8 +115,10 @@ def test_two_hundred_stalled_receivers_cost_a_bounded_budget(daemon_factory):
         time.sleep(1)
         moved.append(status(daemon, name)["bytesTransferred"])
     growth = (daemon.rss() - before) / 2**20
-    print(f"\n200 stalled receivers of one n=200 pipe: {moved[-1] / 2**20:.1f} MiB relayed, then stalled; "
-          f"RSS +{growth:.1f} MiB ({growth * 1024 / 200:.0f} KiB each)")
+    print(
+        f"\n200 stalled receivers of one n=200 pipe: {moved[-1] / 2**20:.1f} MiB relayed, then stalled; "
+        f"RSS +{growth:.1f} MiB ({growth * 1024 / 200:.0f} KiB each)"
+    )
     sender.kill()
     for sock in stalled:
         sock.close()
@@ -135,8 +140,10 @@ def test_heavy_waiting_senders_leave_room_for_a_new_client(daemon_factory):
     sock, head = waiting_sender(daemon, VICTIM, unique("victim"))
     if head.startswith(b"HTTP/1.1 200") and b"...\n" not in head:
         head += read_until(sock, b"...\n", 4096)
-    print(f"\n10 heavy clients x 30 waiting senders (max-pending 200): {accepted} accepted; the victim: "
-          f"{head.splitlines()[0].decode()}")
+    print(
+        f"\n10 heavy clients x 30 waiting senders (max-pending 200): {accepted} accepted; the victim: "
+        f"{head.splitlines()[0].decode()}"
+    )
     assert head.startswith(b"HTTP/1.1 200") and b"Waiting for 1 receiver" in head
     # The heavy ones stop at 90% (180), but for the 2 reserved slots each of them took while light.
     assert 180 <= accepted <= 180 + 2 * 4
@@ -177,7 +184,7 @@ def test_sighup_is_ignored_and_transfers_go_on(daemon_factory):
     daemon.process.send_signal(signal.SIGHUP)
     time.sleep(0.5)
     assert daemon.process.poll() is None, "SIGHUP killed the daemon"
-    sender.feed_async(data[1 << 20:], close=True)
+    sender.feed_async(data[1 << 20 :], close=True)
     assert got.wait(30) == 0 and got.nbytes == len(data)
     sender.wait(30)
     assert sender.lines[-1] == "[INFO] Transfer complete."
@@ -218,8 +225,9 @@ def test_complete_waits_for_the_receivers_kernel_to_acknowledge(daemon_factory):
     sock.sendall(f"GET /api/v1/pipe/{name} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     sender = Sender(daemon.url(name), data=deterministic_bytes(size))
     # The receiver reads nothing: the daemon's kernel holds what it could not send.
-    wait_for(lambda: "Upload complete." in "\n".join(sender.lines) or sender.returncode is not None, 20,
-             "the upload to end")
+    wait_for(
+        lambda: "Upload complete." in "\n".join(sender.lines) or sender.returncode is not None, 20, "the upload to end"
+    )
     time.sleep(1)
     assert "[INFO] Transfer complete." not in sender.lines, "complete before the receiver had the bytes"
     received = 0
@@ -282,6 +290,8 @@ def test_a_waiting_receiver_that_pipelined_and_left_frees_its_slot(daemon):
     sock.close()
     started = time.monotonic()
     wait_status(daemon, name, state="idle", timeout=5)
-    print(f"\na waiting receiver with 40 KB pipelined behind it, closed: slot free after "
-          f"{(time.monotonic() - started) * 1000:.0f} ms")
+    print(
+        f"\na waiting receiver with 40 KB pipelined behind it, closed: slot free after "
+        f"{(time.monotonic() - started) * 1000:.0f} ms"
+    )
     assert time.monotonic() - started < 1.0
