@@ -503,3 +503,23 @@ def test_stopping_gives_up_on_writes_after_a_while():
     c.advance(WRITE_TIMEOUT)  # the write fails, and is queued again
     c.advance(10)
     assert stopped.called and fake.disconnected
+
+
+# -- the wiring ---------------------------------------------------------------------------------
+
+
+def test_the_daemon_shares_finals_through_a_redis_store_only_when_told():
+    from hoodypipe.tap import makeService
+
+    def service(*argv: str):
+        config = Options()
+        config.parseOptions(["--listen", "tcp:0", *argv])
+        return makeService(config, reactor=MemoryReactorClock())
+
+    alone = service()
+    assert alone.parts.hub.store is alone.parts.hub.finals
+    assert not [child for child in alone if isinstance(child, RedisStore)]
+    shared = service("--store", "redis+unix:///run/redis.sock?db=3", "--retain", "60")
+    (store,) = [child for child in shared if isinstance(child, RedisStore)]
+    assert shared.parts.hub.store is store and store.retain == 60
+    assert store.address == RedisAddress(path="/run/redis.sock", db=3) and store.mode == "degraded"
