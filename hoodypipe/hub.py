@@ -29,9 +29,9 @@ from zope.interface import implementer
 from hoodypipe import sse
 from hoodypipe.errors import HTTPError
 from hoodypipe.fairshare import Shares
-from hoodypipe.receipts import Receipts
 from hoodypipe.pipes import State
 from hoodypipe.progress import Final, Meter, progress_event, snapshot, state_event, text_line
+from hoodypipe.receipts import Receipts
 from hoodypipe.store import MAX_RETAINED, MemoryStore
 
 if TYPE_CHECKING:

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from hoodypipe.digest import Hasher
-
     from hoodypipe.store import FinalStore
 
 
