@@ -22,7 +22,7 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -35,10 +35,15 @@ from tests.support.fuzzgrammar import (
     HEADER_VALUES,
     HOST_PIECES,
     HOSTS,
+    INVISIBLE,
+    JAVASCRIPT_TYPES,
+    OVERSIZED_HEADS,
     PREFIX,
     QUERY_KEYS,
     QUERY_VALUES,
     SEGMENTS,
+    STRICT_CHUNKED_BODIES,
+    STRICT_HEADS,
     answer_problems,
 )
 from tests.support.httpwire import Broken, Connection, Response
@@ -46,8 +51,9 @@ from tests.support.httpwire import Broken, Connection, Response
 SCRIPTABLE = re.compile(
     r"^(text/html|application/xhtml\+xml|image/svg\+xml|text/xml|application/xml|.*\+xml|text/javascript|"
     r"application/javascript|application/x-javascript|application/ecmascript|text/ecmascript|text/xsl|"
-    r"multipart/x-mixed-replace|text/vtt)$"
+    r"multipart/x-mixed-replace|text/vtt|" + "|".join(map(re.escape, JAVASCRIPT_TYPES)) + r")$"
 )
+TOO_LARGE = b"[ERROR] Request header fields too large.\n"
 SETTINGS = dict(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -273,18 +279,18 @@ def test_any_name_and_query_on_the_status_page(fuzzd, name, query, method, prefi
     raw = method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     answer = exchange(fuzzd, raw, head_only=method == b"HEAD")
     # 200 (snapshot, page, preflight), 204 (favicon), 400 (bad name, flag or request line),
-    # 404 (/health at the root), 405, 414; a request line over twisted.web's limit may be
-    # closed without an answer.
+    # 404 (/health at the root), 405, 414 (a long name, or a request line over twisted.web's
+    # limit); 431 for a head over its limit. Never a close without an answer.
     allowed = {200, 204, 400, 404, 405, 414}
     if len(target) > 16000:
-        allowed.add(None)
+        allowed.add(431)
     check_answer(answer, allowed, raw[:300], has_body=method != b"HEAD")
     if answer.status == 200 and method == b"GET" and answer.header("content-type") == b"application/json":
         snapshot = json.loads(answer.body)
         if "state" in snapshot:  # else the health page, for a name that folds to "health"
             assert snapshot["state"] == "idle", f"a name nobody used is {snapshot['state']}: {raw!r}"
     if answer.status == 414 and method != b"HEAD":
-        assert answer.body == b"[ERROR] Path too long (max 1024 characters).\n"
+        assert answer.body in (b"[ERROR] Path too long (max 1024 characters).\n", b"[ERROR] Request line too long.\n")
 
 
 @settings(max_examples=150, **SETTINGS)
@@ -374,7 +380,7 @@ def test_sender_headers_reach_receivers_safely(
             head += key + b": " + value + b"\r\n"
     raw = head + b"\r\n" + body
     refused = any(v is not None and forbidden_in_header(v) for v in sent.values())
-    # twisted.web refuses (400) or drops (a line over 16 KiB) a head over 16384 bytes.
+    # A head over twisted.web's 16384 bytes is 431 (a NUL, CR or LF in a line before may be 400).
     too_big = sum(len(line) for line in head.split(b"\r\n")) > 16384
     with socket.create_connection((fuzzd.host, fuzzd.port), timeout=10) as sender:
         try:
@@ -383,7 +389,7 @@ def test_sender_headers_reach_receivers_safely(
             pass
         answer = _read_answer(sender, stop_after=b"\n")
         if too_big:
-            check_answer(answer, {400, None}, raw[:500])
+            check_answer(answer, {400, 431} if refused else {431}, raw[:500])
             return
         check_answer(answer, {200, 400}, raw[:500])
         if refused:
@@ -442,8 +448,21 @@ def test_sender_headers_reach_receivers_safely(
         if value is None:
             assert shown is None
         else:
-            expected = re.sub(rb"[\x00-\x1f\x7f]", b"", twisted_value(value))[:8192]
+            expected = passed_through(twisted_value(value))
             assert shown.strip(b" \t") == expected.strip(b" \t"), (key, value, shown)
+    if shown_disposition is not None and b"filename*=" in shown_disposition:
+        star = unquote(shown_disposition.split(b"filename*=UTF-8''", 1)[1].decode(), errors="replace")
+        assert not any(c in star for c in INVISIBLE), f"a C1 or bidi control in a file name: {shown_disposition!r}"
+
+
+def passed_through(value: bytes) -> bytes:
+    """X-Piping and X-Hoody-Pipe as receivers get them: no C0, DEL or C1 controls (characters
+    of a UTF-8 value, else raw bytes), at most 8192 bytes, cut between characters."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return re.sub(rb"[\x00-\x1f\x7f-\x9f]", b"", value)[:8192]
+    return re.sub("[\x00-\x1f\x7f-\x9f]", "", text).encode()[:8192].decode("utf-8", "ignore").encode()
 
 
 def _read_answer_rest(answer: Answer) -> bytes:
@@ -466,18 +485,98 @@ def _read_answer_rest(answer: Answer) -> bytes:
     value=header_value(),
 )
 def test_header_counts_sizes_and_names(fuzzd, count, size, name, value):
-    """Many headers, huge headers, odd header names on a ``?status`` request: an answer or a
-    clean 400, never a hang or a crash."""
+    """Many headers, huge headers, odd header names on a ``?status`` request: an answer, a
+    clean 400, or 431 over twisted.web's limits; never a close without an answer."""
     lines = [b"X-F-%d: v" % i for i in range(count)]
     lines.append(name + b": " + value + b"x" * size)
     raw = b"GET " + PREFIX + fresh("fzc") + b"?status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
     raw += b"\r\n".join(lines) + b"\r\n\r\n"
     answer = exchange(fuzzd, raw)
-    # twisted.web: at most 500 headers and 16384 bytes of request line and headers (400);
-    # a single line over 16 KiB is dropped without an answer.
+    # twisted.web: at most 500 header lines (Host and Connection count) and 16384 bytes of
+    # request line and headers, and a line of at most 16 KiB: 431 past them, or 400 for a
+    # broken last line that came first.
     head_bytes = sum(len(line) for line in raw.split(b"\r\n"))
-    too_much = count >= 500 or head_bytes > 16384
-    check_answer(answer, {400, None} if too_much else {200, 400}, raw[:300])
+    too_much = count + 3 > 500 or head_bytes > 16384
+    plain = re.fullmatch(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) is not None and not forbidden_in_header(value)
+    check_answer(answer, ({431} if plain else {400, 431}) if too_much else {200, 400}, raw[:300])
+    if answer.status == 431:
+        assert answer.body == TOO_LARGE
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(
+    method=st.sampled_from([b"GET", b"HEAD", b"PUT", b"POST", b"OPTIONS"]),
+    strict=st.sampled_from(STRICT_HEADS),
+    others=st.lists(st.sampled_from([b"Accept: */*", b"X-Pipe-Size: 5", b"Expect: 100-continue"]), max_size=2),
+    order=st.randoms(use_true_random=False),
+    query=QUERIES,
+    body=st.sampled_from([b"", b"5\r\nhello\r\n0\r\n\r\n", b"hello"]),
+)
+def test_a_request_framed_two_ways_is_refused_before_anything_acts_on_it(
+    fuzzd, method, strict, others, order, query, body
+):
+    """Strict HTTP (docs/security.md): whatever the method, target and other headers, a head
+    with two framings or two Hosts gets one 400 [ERROR] line, then the close, and no pipe
+    sees it (no 100 Continue either)."""
+    name = fresh("fzx")
+    lines = [b"Host: x", *strict, *others]
+    order.shuffle(lines)
+    target = PREFIX + name + (b"?" + render_query(query) if query else b"")
+    raw = method + b" " + target + b" HTTP/1.1\r\n" + b"\r\n".join(lines) + b"\r\n\r\n" + body
+    with socket.create_connection((fuzzd.host, fuzzd.port), timeout=5) as sock:
+        sock.sendall(raw)
+        answer = _read_answer(sock)
+        check_answer(answer, {400}, raw, has_body=True)
+        assert answer.body.startswith(b"[ERROR] Bad request") and answer.complete, answer.body
+        assert (answer.header("connection") or b"").lower() == b"close"
+        assert Connection.over(sock).is_closed(5)
+    assert b"100 Continue" not in answer.head
+    snapshot = json.loads(exchange(fuzzd, b"GET " + PREFIX + name + b"?status HTTP/1.1\r\nHost: x\r\n\r\n").body)
+    assert snapshot["state"] == "idle", snapshot
+
+
+@settings(max_examples=80, **SETTINGS)
+@given(body=st.sampled_from(STRICT_CHUNKED_BODIES), cuts=st.lists(st.integers(1, 60), max_size=4))
+def test_chunked_framing_outside_rfc_9112_fails_the_upload_however_it_arrives(fuzzd, body, cuts):
+    """A chunk size with a blank after it, a bare LF in an extension, a request where trailers
+    go: the upload fails with [ERROR] Malformed upload., the receiver never sees a clean end,
+    and a request hidden in the trailers is never served, however the bytes are split."""
+    name = fresh("fzk")
+    with (
+        socket.create_connection((fuzzd.host, fuzzd.port), timeout=10) as got,
+        socket.create_connection((fuzzd.host, fuzzd.port), timeout=10) as sender,
+    ):
+        got.sendall(b"GET " + PREFIX + name + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        deadline = time.monotonic() + 10
+        while (
+            json.loads(exchange(fuzzd, b"GET " + PREFIX + name + b"?status HTTP/1.1\r\nHost: x\r\n\r\n").body)["state"]
+            != "waiting"
+        ):
+            assert time.monotonic() < deadline, "the receiver did not start waiting"
+            time.sleep(0.01)
+        sender.sendall(b"PUT " + PREFIX + name + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        pos = 0
+        for cut in sorted(set(cuts)):
+            if pos < cut < len(body):
+                sender.sendall(body[pos:cut])
+                pos = cut
+                time.sleep(0.005)
+        sender.sendall(body[pos:])
+        lines = _read_answer(sender)
+        assert lines.status == 200 and lines.body.endswith(b"[ERROR] Malformed upload.\n"), (body, lines.body)
+        received = _read_answer(got)
+        assert not received.complete, (body, received.body)
+    victim = json.loads(exchange(fuzzd, b"GET " + PREFIX + b"victim?status HTTP/1.1\r\nHost: x\r\n\r\n").body)
+    assert victim["state"] == "idle", victim
+
+
+@pytest.mark.parametrize("lines, code", OVERSIZED_HEADS, ids=["long-line", "501-headers", "17-KiB-head"])
+@pytest.mark.parametrize("method", [b"GET", b"PUT"])
+def test_a_head_over_the_limits_is_answered(fuzzd, lines, code, method):
+    raw = method + b" " + PREFIX + fresh("fzo") + b" HTTP/1.1\r\nHost: x\r\n" + b"\r\n".join(lines) + b"\r\n\r\n"
+    answer = exchange(fuzzd, raw)
+    check_answer(answer, {code}, raw[:300])
+    assert answer.body == TOO_LARGE
 
 
 def test_the_daemon_is_healthy_after_the_fuzzing(fuzzd):

@@ -20,7 +20,7 @@ KNOWN_HEADERS = {
     "access-control-expose-headers", "access-control-max-age", "allow", "cache-control", "connection",
     "content-disposition", "content-length", "content-security-policy", "content-type", "date",
     "referrer-policy", "retry-after", "server", "transfer-encoding", "vary", "x-accel-buffering",
-    "x-content-type-options", "x-hoody-pipe", "x-piping", "x-robots-tag",
+    "x-content-type-options", "x-hoody-pipe", "x-hoody-pipe-transfer-id", "x-piping", "x-robots-tag",
 }  # fmt: skip
 
 # -- what is sent -----------------------------------------------------------------------------------
@@ -38,7 +38,19 @@ HEADER_VALUES = [b"text/html", b"image/svg+xml", b"text/plain; charset=utf-8", b
                  b"inline", b"attachment", b"; filename=", b'"', b"\\", b"\t", b" ", b";", b"=", b"*",
                  b"UTF-8''%E2%82%AC", b"../../etc/passwd", b"\x7f", b"\x01", b"\x1b[31m", b"\xe9",
                  b"\r\n Injected: yes", b"\r\n\tInjected: yes", b"\r\nInjected: yes", b"\x00", b"\n",
-                 b"\r"]  # fmt: skip
+                 b"\r", b"text/x-javascript", b"application/x-ecmascript", b"text/jscript", b"text/livescript",
+                 b"text/javascript1.5", b"\x85", b"\x9b", b"\xc2\x85", b"\xe2\x80\xae", b"\xe2\x81\xa6",
+                 b"%E2%80%AE", b"%C2%85"]  # fmt: skip
+# WHATWG MIME Sniffing, "JavaScript MIME type": no receiver may be served one of these.
+JAVASCRIPT_TYPES = [
+    "application/ecmascript", "application/javascript", "application/x-ecmascript", "application/x-javascript",
+    "text/ecmascript", "text/javascript", "text/javascript1.0", "text/javascript1.1", "text/javascript1.2",
+    "text/javascript1.3", "text/javascript1.4", "text/javascript1.5", "text/jscript", "text/livescript",
+    "text/x-ecmascript", "text/x-javascript",
+]  # fmt: skip
+# C1 controls and bidirectional controls: never in a receiver's file name or passed-through header.
+INVISIBLE = [chr(c) for c in range(0x80, 0xA0)] + list("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                                                      "\u2066\u2067\u2068\u2069")  # fmt: skip
 HOSTS = [b"a" * 63 + b".example", b"a" * 64 + b".example", b"a..b", b".", b"..", b"[::1]:80", b"[::1",
          b"example.com:99999", b"caf\xc3\xa9.example", b"caf\xe9.example", b"xn--caf-dma.example",
          b"xn--zz", b"-", b"host:port", b"", b"a" * 300]  # fmt: skip
@@ -46,14 +58,41 @@ HOST_PIECES = [b"a", b"b" * 70, b".", b"-", b":", b"\xff", b"1"]
 # Chunked bodies broken in their framing.
 BAD_CHUNKED_BODIES = [b"zz\r\n", b"5\r\nhello\r\nx\r\n", b"-1\r\n", b"5\rhello\r\n0\r\n\r\n",
                       b"ffffffffffffffffff\r\n"]  # fmt: skip
-BAD_CHUNK_SIZES = [b"-1", b"ffffffffffffffffff", b"0x10", b" 5", b"5 ;ext=1", b"g", b"", b"1" * 30, b"+5",
-                   b"5\t", b"0000000000000000000001", b"FFFFFFFF", b"7fffffffffffffff", b"\x00"]  # fmt: skip
+BAD_CHUNK_SIZES = [b"-1", b"ffffffffffffffffff", b"0x10", b" 5", b"5 ", b"5;a\nb", b"5;a b", b"5;", b"g", b"",
+                   b"1" * 30, b"+5", b"5\t", b"0000000000000000000001", b"FFFFFFFF", b"7fffffffffffffff",
+                   b"\x00"]  # fmt: skip
 BAD_LENGTHS = [b"-1", b"1e3", b" 5", b"5, 5", b"99999999999999999999", b"+5", b"0x10", b"", b"5 6", b"\xff"]
 BAD_TE = [b"chunked, chunked", b"gzip, chunked", b"Chunked", b"identity", b"chunked;q=1", b"chunkedx", b"",
           b" chunked", b"\tchunked"]  # fmt: skip
-METHODS = [b"get", b"PUT ", b"DELETE", b"PATCH", b"CONNECT", b"TRACE", b"PRI", b"G\x00T", b"", b"POST\x01",
+METHODS = [b"get", b"Get", b"put", b"post", b"options",
+           b"PUT ", b"DELETE", b"PATCH", b"CONNECT", b"TRACE", b"PRI", b"G\x00T", b"", b"POST\x01",
            b"X" * 300, b"M-SEARCH", b"PROPFIND"]  # fmt: skip
 VERSIONS = [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1x", b"", b"HTTP/0.9", b"http/1.1", b"HTTP/1.11", b"HTTP/1"]
+# Strict HTTP (issue 9, docs/security.md): head lines that frame a request two ways, each refused
+# with 400 and one [ERROR] line before anything acts on it, whatever else the request says.
+STRICT_HEADS = [
+    [b"Transfer-Encoding: chunked", b"Transfer-Encoding: identity"],
+    [b"Transfer-Encoding: identity", b"Transfer-Encoding: chunked"],
+    [b"Transfer-Encoding: identity"],
+    [b"Transfer-Encoding: identity", b"Content-Length: 5"],
+    [b"Content-Length: 5", b"Transfer-Encoding: identity"],
+    [b"Transfer-Encoding: chunked", b"Content-Length: 5"],
+    [b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"],
+    [b"Transfer-Encoding: gzip, chunked"],
+    [b"Host: second.example"],
+]
+# Chunked bodies outside RFC 9112 section 7.1 that looser parsers accept: the upload fails.
+STRICT_CHUNKED_BODIES = [b"5 \r\nhello\r\n0\r\n\r\n", b"5\t\r\nhello\r\n0\r\n\r\n", b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+                         b"5;a\rb\r\nhello\r\n0\r\n\r\n", b"5;\r\nhello\r\n0\r\n\r\n", b'5;a="b\r\nhello\r\n0\r\n\r\n',
+                         b"5\r\nhello\r\n0\r\nGET /api/v1/pipe/victim HTTP/1.1\r\nHost: x\r\n\r\n",
+                         b"5\r\nhello\r\n0\r\nX-T 1\r\n\r\n",
+                         b"5\r\nhello\r\n0\r\nX-T: 1\r\n folded\r\n\r\n"]  # fmt: skip
+# Heads over twisted.web's limits: (head lines after the request line, status).
+OVERSIZED_HEADS = [
+    ([b"X-Big: " + b"x" * 17000], 431),
+    ([b"X-F-%d: v" % i for i in range(501)], 431),
+    ([b"X-F-%d: %s" % (i, b"v" * 1000) for i in range(17)], 431),
+]
 # Query keys and values the daemon reads, and others.
 QUERY_KEYS = ["n", "wait", "status", "download", "filename", "format", "x", "", "n n", "%6E"]
 QUERY_VALUES = ["", "1", "0", "3", "256", "257", "-1", "01", "1e3", "true", "false", "yes", "no", "maybe",
