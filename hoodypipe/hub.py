@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from twisted.web.server import Request
 
     from hoodypipe.pipes import Pipe
-    from hoodypipe.store import FinalStore
+    from hoodypipe.store import FinalStore, Receipt
 
 log = Logger()
 
@@ -207,18 +207,43 @@ class Hub:
     def final(self, name: str) -> Final | None:
         return self.finals.peek(name)
 
-    def needs_recall(self, name: str) -> bool:
-        """Whether only the shared store may know how ``name``'s last transfer ended."""
-        return self.store is not self.finals and self.live(name) is None and self.finals.peek(name) is None
+    def needs_recall(self, name: str, transfer_id: str | None = None) -> bool:
+        """Whether only the shared store may know how ``name``'s last transfer
+        ended (or, for ``?status&transfer=``, that transfer's receipt)."""
+        if self.store is self.finals:
+            return False
+        if transfer_id is not None and self.transfer(name, transfer_id) is None:
+            return True
+        return self.live(name) is None and self.finals.peek(name) is None
 
-    def recall(self, name: str) -> Deferred[None]:
-        """Bring ``name``'s final state from the shared store into memory, if it has one."""
+    def recall(self, name: str, transfer_id: str | None = None) -> Deferred[None]:
+        """Bring ``name``'s final state, and the receipt of ``transfer_id``,
+        from the shared store into memory, if it has them."""
+        # One after the other: a Deferred that Klein cancels (its client left)
+        # must fail with CancelledError itself, which gatherResults would wrap.
+        asked: Deferred[None] = succeed(None)
+        if self.live(name) is None and self.finals.peek(name) is None:
+            asked = self.store.get(name).addCallback(self._adopt, name)
+        if transfer_id is not None:
+            asked.addCallback(self._recall_receipt, name, transfer_id)
+        return asked
 
-        def got(record: Final | None) -> None:
-            if record is not None:
-                self.finals.adopt(name, record)
+    def _recall_receipt(self, _: None, name: str, transfer_id: str) -> Deferred[None] | None:
+        if self.transfer(name, transfer_id) is not None:
+            return None  # the final just recalled is that transfer's
+        return self.store.get_receipt(transfer_id).addCallback(self._adopt_receipt, transfer_id, name)
 
-        return self.store.get(name).addCallback(got)
+    def _adopt(self, record: Final | None, name: str) -> None:
+        if record is not None and self.finals.adopt(name, record):
+            transfer_id = record.snapshot.get("transferId")
+            self._unindex(name)
+            if transfer_id is not None:
+                self._retained_ids[transfer_id] = name
+                self._retained_id_of[name] = transfer_id
+
+    def _adopt_receipt(self, receipt: Receipt | None, transfer_id: str, name: str) -> None:
+        if receipt is not None and receipt.name == name and transfer_id not in self.receipts:
+            self.receipts.put(transfer_id, name, receipt.snapshot)
 
     def snapshot(self, name: str) -> dict[str, Any]:
         pipe = self.live(name)
@@ -258,6 +283,7 @@ class Hub:
             self._retained_id_of[pipe.name] = pipe.transfer_id
             if pipe.hashed or pipe.chosen_id:
                 self.receipts.put(pipe.transfer_id, pipe.name, record.snapshot)
+                self.store.put_receipt(pipe.transfer_id, pipe.name, record.snapshot, record.at)
         if self.store is not self.finals:
             self.store.put(pipe.name, record)
         if watch is not None and first_ids is not None:

@@ -18,8 +18,9 @@ the oldest dropped past ``MAX_QUEUED``) and go out when it is back;
 reconnecting backs off (txredisapi's ClientService: jittered, from 0.5 s up
 to 10 s). Every failure is counted in ``errors`` (``hoodypipe_store_errors``).
 
-Receipts (KIT.md section 4) are meant to live beside the finals under a key
-prefix of their own, through the same queue.
+Receipts (KIT.md section 4) go the same way under keys of their own
+(``hoodypipe:receipt:<transfer id>``, kept ``RECEIPT_SECONDS``), so that
+``?status&transfer=<id>`` finds one on any node.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from hoodypipe.progress import Final
+from hoodypipe.receipts import RECEIPT_SECONDS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,6 +64,7 @@ CONNECT_TIMEOUT = 2.0
 # On shutdown, how long queued writes may take to reach Redis.
 FLUSH_TIMEOUT = 3.0
 KEY_PREFIX = "hoodypipe:final:"
+RECEIPT_PREFIX = "hoodypipe:receipt:"
 RECORD_VERSION = 1
 
 STORE_FORMS = "memory, redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or redis+unix://[[USER]:PASSWORD@]/PATH[?db=DB]"
@@ -91,6 +94,14 @@ class FinalStore(Protocol):
 
     def get(self, name: str) -> defer.Deferred[Final | None]:
         """The name's final state, if kept and not expired: never fails."""
+        ...
+
+    def put_receipt(self, transfer_id: str, name: str, snapshot: dict[str, Any], at: float) -> None:
+        """Share a receipt (KIT.md section 4) taken at ``at``: never raises, never waits."""
+        ...
+
+    def get_receipt(self, transfer_id: str) -> defer.Deferred[Receipt | None]:
+        """A shared receipt, if kept and not expired: never fails."""
         ...
 
 
@@ -130,6 +141,50 @@ def decode_final(text: str | bytes) -> Final:
     record = Final(state, progress, done, snapshot, at=at, done_id=done_id)
     record.last_id = max(last_id, done_id)
     return record
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A receipt as it is shared: the pipe name, the ``?status`` snapshot, when."""
+
+    name: str
+    snapshot: dict[str, Any]
+    at: float
+
+
+def encode_receipt(receipt: Receipt) -> str:
+    return json.dumps(
+        {"v": RECORD_VERSION, "at": receipt.at, "name": receipt.name, "snapshot": receipt.snapshot},
+        separators=(",", ":"),
+    )
+
+
+def decode_receipt(text: str | bytes) -> Receipt:
+    """A Receipt from ``encode_receipt``'s text; ValueError if it is not one."""
+    try:
+        data = json.loads(text)
+        if data["v"] != RECORD_VERSION or not isinstance(data["name"], str) or not isinstance(data["snapshot"], dict):
+            raise ValueError("not a receipt")
+        return Receipt(data["name"], data["snapshot"], float(data["at"]))
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"not a receipt: {error!r}") from None
+
+
+@dataclass(eq=False)
+class _Write:
+    """A value waiting for Redis, kept ``keep`` seconds from ``at``: a final
+    (encoded when it is sent, so that its latest ``last_id`` goes) or a receipt."""
+
+    at: float
+    keep: float
+    final: Final | None = None
+    receipt: Receipt | None = None
+
+    def text(self) -> str:
+        if self.final is not None:
+            return encode_final(self.final)
+        assert self.receipt is not None
+        return encode_receipt(self.receipt)
 
 
 # -- this process's memory ------------------------------------------------------------------------
@@ -183,6 +238,13 @@ class MemoryStore:
 
     def get(self, name: str) -> defer.Deferred[Final | None]:
         return defer.succeed(self.peek(name))
+
+    # This process's receipts are the hub's Receipts: one box shares none.
+    def put_receipt(self, transfer_id: str, name: str, snapshot: dict[str, Any], at: float) -> None:
+        pass
+
+    def get_receipt(self, transfer_id: str) -> defer.Deferred[Receipt | None]:
+        return defer.succeed(None)
 
     def put(self, name: str, record: Final) -> None:
         self._records[name] = record
@@ -332,8 +394,8 @@ def connect(store: RedisStore) -> Pool:
 
 
 class RedisStore(Service):
-    """Finals in Redis, shared by the nodes of a cluster; a Twisted service
-    (started and stopped with the daemon, after its drain)."""
+    """Finals and receipts in Redis, shared by the nodes of a cluster; a
+    Twisted service (started and stopped with the daemon, after its drain)."""
 
     def __init__(
         self, reactor: Any, address: RedisAddress, retain: float, pool: Callable[[RedisStore], Pool] = connect
@@ -346,10 +408,12 @@ class RedisStore(Service):
         self.connected = False
         self._pool: Pool | None = None
         # Waiting to be written (oldest first), and written but not acknowledged.
-        self._queue: OrderedDict[str, Final] = OrderedDict()
-        self._writing: dict[str, Final] = {}
+        # By Redis key: waiting to be written (oldest first), and written but
+        # not yet acknowledged.
+        self._queue: OrderedDict[str, _Write] = OrderedDict()
+        self._writing: dict[str, _Write] = {}
         self._in_flight = 0
-        self._reading: dict[str, list[defer.Deferred[Final | None]]] = {}
+        self._reading: dict[str, list[defer.Deferred[Any]]] = {}
         self._flushed: list[defer.Deferred[None]] = []
 
     @property
@@ -438,12 +502,15 @@ class RedisStore(Service):
 
     # -- writes ---------------------------------------------------------------------------------------
 
-    def _ttl_ms(self, record: Final) -> int:
-        return int((self.retain - (self.reactor.seconds() - record.at)) * 1000)
-
     def put(self, name: str, record: Final) -> None:
-        self._queue.pop(name, None)
-        self._queue[name] = record
+        self._enqueue(KEY_PREFIX + name, _Write(record.at, self.retain, final=record))
+
+    def put_receipt(self, transfer_id: str, name: str, snapshot: dict[str, Any], at: float) -> None:
+        self._enqueue(RECEIPT_PREFIX + transfer_id, _Write(at, RECEIPT_SECONDS, receipt=Receipt(name, snapshot, at)))
+
+    def _enqueue(self, key: str, write: _Write) -> None:
+        self._queue.pop(key, None)
+        self._queue[key] = write
         while len(self._queue) > MAX_QUEUED:
             self._queue.popitem(last=False)
             self.errors["dropped"] += 1
@@ -451,38 +518,36 @@ class RedisStore(Service):
 
     def _pump(self) -> None:
         while self.connected and self._queue and self._in_flight < MAX_WRITES_IN_FLIGHT:
-            name, record = self._queue.popitem(last=False)
-            ttl = self._ttl_ms(record)
+            key, write = self._queue.popitem(last=False)
+            ttl = int((write.keep - (self.reactor.seconds() - write.at)) * 1000)
             if ttl <= 0:
                 continue
             self._in_flight += 1
-            self._writing[name] = record
-            written = self._command(WRITE_TIMEOUT, "set", KEY_PREFIX + name, encode_final(record), pexpire=ttl)
-            written.addCallbacks(
-                self._written, self._not_written, callbackArgs=(name, record), errbackArgs=(name, record)
-            )
+            self._writing[key] = write
+            written = self._command(WRITE_TIMEOUT, "set", key, write.text(), pexpire=ttl)
+            written.addCallbacks(self._written, self._not_written, callbackArgs=(key, write), errbackArgs=(key, write))
         self._maybe_flushed()
 
-    def _settled(self, name: str, record: Final) -> None:
+    def _settled(self, key: str, write: _Write) -> None:
         self._in_flight -= 1
-        if self._writing.get(name) is record:
-            del self._writing[name]
+        if self._writing.get(key) is write:
+            del self._writing[key]
 
-    def _written(self, answer: object, name: str, record: Final) -> None:
-        self._settled(name, record)
+    def _written(self, answer: object, key: str, write: _Write) -> None:
+        self._settled(key, write)
         self._pump()
 
-    def _not_written(self, failure: Failure, name: str, record: Final) -> None:
-        latest = self._writing.get(name) is record
-        self._settled(name, record)
+    def _not_written(self, failure: Failure, key: str, write: _Write) -> None:
+        latest = self._writing.get(key) is write
+        self._settled(key, write)
         self.errors["put"] += 1
         if isinstance(failure.value, txredisapi.ResponseError):
             # Redis said no (out of memory, a read-only replica): not retried.
-            log.warn("Redis refused a final state: {why}", why=failure.getErrorMessage())
-        elif latest and name not in self._queue:
+            log.warn("Redis refused a write: {why}", why=failure.getErrorMessage())
+        elif latest and key not in self._queue:
             # The connection failed: again once it is back, unless a newer one came.
-            self._queue[name] = record
-            self._queue.move_to_end(name, last=False)
+            self._queue[key] = write
+            self._queue.move_to_end(key, last=False)
         self._maybe_flushed()
 
     def _maybe_flushed(self) -> None:
@@ -494,38 +559,52 @@ class RedisStore(Service):
 
     # -- reads ----------------------------------------------------------------------------------------
 
+    def _pending(self, key: str) -> _Write | None:
+        """A value not yet acknowledged by Redis: read your own writes."""
+        return self._queue.get(key) or self._writing.get(key)
+
     def get(self, name: str) -> defer.Deferred[Final | None]:
-        pending = self._queue.get(name) or self._writing.get(name)
+        pending = self._pending(KEY_PREFIX + name)
         if pending is not None:
-            return defer.succeed(pending)
+            return defer.succeed(pending.final)
+        return self._lookup(KEY_PREFIX + name, decode_final, self.retain)
+
+    def get_receipt(self, transfer_id: str) -> defer.Deferred[Receipt | None]:
+        pending = self._pending(RECEIPT_PREFIX + transfer_id)
+        if pending is not None:
+            return defer.succeed(pending.receipt)
+        return self._lookup(RECEIPT_PREFIX + transfer_id, decode_receipt, RECEIPT_SECONDS)
+
+    def _lookup(self, key: str, decode: Callable[[str | bytes], Any], keep: float) -> defer.Deferred[Any]:
+        """One ``GET`` of ``key`` for every reader that asks meanwhile; None when Redis is away."""
         if not self.connected:
             return defer.succeed(None)
-        readers = self._reading.get(name)
+        readers = self._reading.get(key)
         if readers is None:
             if len(self._reading) >= MAX_READS_IN_FLIGHT:
                 self.errors["get"] += 1
                 return defer.succeed(None)
-            readers = self._reading[name] = []
-            read = self._command(READ_TIMEOUT, "get", KEY_PREFIX + name)
-            read.addBoth(self._read, name)
-        waiting: defer.Deferred[Final | None] = defer.Deferred()
+            readers = self._reading[key] = []
+            read = self._command(READ_TIMEOUT, "get", key)
+            read.addBoth(self._read, key, decode, keep)
+        waiting: defer.Deferred[Any] = defer.Deferred()
         readers.append(waiting)
         return waiting
 
-    def _read(self, answer: object, name: str) -> None:
-        readers = self._reading.pop(name, [])
-        record: Final | None = None
+    def _read(self, answer: object, key: str, decode: Callable[[str | bytes], Any], keep: float) -> None:
+        readers = self._reading.pop(key, [])
+        value: Any = None
         if isinstance(answer, Failure):
             self.errors["get"] += 1
-            log.info("no final state of a name from Redis: {why}", why=answer.getErrorMessage())
+            log.info("nothing read from Redis: {why}", why=answer.getErrorMessage())
         elif isinstance(answer, str | bytes):
             try:
-                record = decode_final(answer)
+                value = decode(answer)
             except ValueError as error:
                 self.errors["get"] += 1
-                log.warn("a final state in Redis is unreadable: {why}", why=str(error))
-            if record is not None and self.reactor.seconds() - record.at > self.retain:
-                record = None
+                log.warn("a value in Redis is unreadable: {why}", why=str(error))
+            if value is not None and self.reactor.seconds() - value.at > keep:
+                value = None
         for waiting in readers:
             if not waiting.called:  # cancelled when its client left
-                waiting.callback(record)
+                waiting.callback(value)

@@ -19,12 +19,16 @@ from hoodypipe.store import (
     MAX_QUEUED,
     MAX_WRITES_IN_FLIGHT,
     READ_TIMEOUT,
+    RECEIPT_PREFIX,
     WRITE_TIMEOUT,
     MemoryStore,
+    Receipt,
     RedisAddress,
     RedisStore,
     decode_final,
+    decode_receipt,
     encode_final,
+    encode_receipt,
     parse_store,
 )
 from hoodypipe.tap import Options
@@ -182,22 +186,31 @@ class SharedFake:
 
     def __init__(self) -> None:
         self.kept: dict[str, str] = {}
-        self.asked: list[tuple[str, defer.Deferred[Final | None]]] = []
+        self.asked: list[tuple[str, defer.Deferred]] = []
         self.errors: Counter[str] = Counter()
 
     def put(self, name: str, record: Final) -> None:
         self.kept[name] = encode_final(record)
+
+    def put_receipt(self, transfer_id: str, name: str, snapshot: dict, at: float) -> None:
+        self.kept["receipt " + transfer_id] = encode_receipt(Receipt(name, snapshot, at))
 
     def get(self, name: str) -> defer.Deferred[Final | None]:
         waiting: defer.Deferred[Final | None] = defer.Deferred()
         self.asked.append((name, waiting))
         return waiting
 
+    def get_receipt(self, transfer_id: str) -> defer.Deferred[Receipt | None]:
+        waiting: defer.Deferred[Receipt | None] = defer.Deferred()
+        self.asked.append(("receipt " + transfer_id, waiting))
+        return waiting
+
     def answer(self) -> None:
         asked, self.asked = self.asked, []
-        for name, waiting in asked:
+        for key, waiting in asked:
             if not waiting.called:
-                waiting.callback(decode_final(self.kept[name]) if name in self.kept else None)
+                decode = decode_receipt if key.startswith("receipt ") else decode_final
+                waiting.callback(decode(self.kept[key]) if key in self.kept else None)
 
 
 def node(shared: SharedFake, at: float = NOW) -> MemoryDaemon:
@@ -444,6 +457,24 @@ def test_a_lost_write_is_sent_again_and_a_refused_one_is_not():
     c.advance(WRITE_TIMEOUT)
     assert store.queued == 1 and store.errors["put"] == 3
     fake.reply()  # the late answer is ignored
+
+
+def test_receipts_are_shared_for_their_own_time():
+    c = clock()
+    store, fake = redis_store(c, retain=86400)
+    store.connection_made()
+    store.put_receipt("t" * 22, "x", {"state": "complete"}, NOW - 100)
+    ((_, args, kwargs, _),) = fake.sent
+    assert args[0] == RECEIPT_PREFIX + "t" * 22 and kwargs == {"pexpire": 500_000}
+    fake.reply()
+    got: list = []
+    store.get_receipt("t" * 22).addCallback(got.append)
+    fake.reply(args[1])
+    assert got == [Receipt("x", {"state": "complete"}, NOW - 100)]
+    c.advance(501)
+    store.get_receipt("t" * 22).addCallback(got.append)
+    fake.reply(args[1])  # Redis would have let it go: so does the store
+    assert got[-1] is None
 
 
 def test_a_record_past_its_retention_is_not_written():
