@@ -314,6 +314,9 @@ class Pipe:
         assert self.relay is not None
         if self.sender is not None:
             self.sender.say("Upload complete.")
+        # Every byte is written to every receiver's transport: one that closes
+        # from now on, having acknowledged them all, had the whole stream.
+        self._delivering = True
         self.relay.when_flushed(self._await_delivery)
 
     def _await_delivery(self) -> None:
@@ -329,7 +332,6 @@ class Pipe:
         if self.state is not State.STREAMING:
             return
         assert self.relay is not None
-        self._delivering = True
         unacknowledged = sum(receiver.unacknowledged() for receiver in self.relay.receivers)
         if unacknowledged == 0:
             if self.relay.digest is not None and self.sha256 is None:
@@ -421,9 +423,8 @@ class Pipe:
             if self._delivering and receiver.left_with_everything():
                 # It had every byte (a client of a known length closes when it
                 # has): delivered, not lost.
-                self.relay.remove(receiver)
+                self.relay.remove(receiver)  # the delivery poll, or the relay's flush, goes on
                 self._delivered += 1
-                self._await_delivery()
                 return
             if len(self.relay.receivers) == 1:
                 # Fail before removing it: removing the last blocked receiver

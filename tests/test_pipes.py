@@ -314,3 +314,23 @@ def test_a_receiver_that_never_acknowledges_meets_the_idle_timeout():
     clock.pump([0.25] * 40)
     assert pipe.state is State.FAILED and pipe.reason == Reason.IDLE and receiver.aborted
     assert not clock.getDelayedCalls()
+
+
+def test_a_fast_receiver_that_closes_with_everything_while_a_slow_one_blocks_is_delivered():
+    reg, clock, _ = registry(idle_timeout=8)
+    pipe = reg.add_sender("x", sender := FakeSender(n=3))
+    fast, slow, gone = FakeReceiver(n=3), FakeReceiver(n=3), FakeReceiver(n=3)
+    for receiver in (fast, slow, gone):
+        reg.add_receiver("x", receiver)
+    pipe.data(b"payload")
+    slow.producer.pauseProducing()  # its buffer is full: the relay waits for it
+    gone.unacked = 100
+    pipe.receiver_lost(gone)  # reset mid-way
+    pipe.upload_complete()
+    fast.had_everything = True
+    pipe.receiver_lost(fast)  # a client of a known length closes once it has it all
+    assert pipe.state is State.STREAMING
+    slow.producer.resumeProducing()
+    assert pipe.state is State.COMPLETE and slow.finished
+    assert sender.lines[-1] == "[INFO] Transfer complete."
+    assert sender.lines.count("[INFO] A receiver disconnected.") == 1
