@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from ._cluster import Cluster, get_json, metric, node_state, wait_until
+from ._cluster import Cluster, Redis, get_json, metric, node_state, wait_until
 from ._helpers import Curl, Sender, deterministic_bytes, receiver, sha256, unique
 from ._sidechannel import CurlSSE, is_kind
 
@@ -297,3 +297,18 @@ def test_redis_stopped_and_started_mid_run(cluster):
     with urllib.request.urlopen(c.url(before[0], "status"), timeout=10) as answer:
         assert answer.status == 200
     assert all(node_state(node, runs[0]["name"]) == "complete" for node in c.nodes)
+
+
+def test_a_redis_that_refuses_the_daemon_leaves_it_in_memory_mode_and_says_why(tmp_path, daemon_factory):
+    redis = Redis(tmp_path)
+    try:
+        node = daemon_factory("--store", f"redis+unix://{redis.socket}?db=999")
+        wait_until(lambda: metric(node, "hoodypipe_store_errors_total") == 1, 10, "the refusal to be counted")
+        assert get_json(node.url("health"))[1]["store"] == "degraded"
+        assert "refused us" in node.log_text() and "DB index is out of range" in node.log_text()
+        name = unique("refused")
+        got = receiver(node.url(name))
+        finish(Sender(node.url(name), data=b"fine\n"), [got], b"fine\n")
+        assert get_json(node.url(name, "status"))[1]["state"] == "complete"
+    finally:
+        redis.stop()
