@@ -46,6 +46,9 @@ class Metrics:
         yield GaugeMetricFamily("hoodypipe_active_pipes", "Pipes streaming", value=self.pipes.streaming)
         yield GaugeMetricFamily("hoodypipe_spectators", "Open ?progress streams", value=self.hub.spectator_count)
         yield GaugeMetricFamily("hoodypipe_watched_pipes", "Names with spectators", value=len(self.hub.watches))
+        yield GaugeMetricFamily(
+            "hoodypipe_retained_finals", "Finished transfers' final states in this process", value=len(self.hub.finals)
+        )
         store = self.hub.store
         errors = CounterMetricFamily(
             "hoodypipe_store_errors", "Failures of the retained-state store, by operation", labels=["operation"]

@@ -350,10 +350,12 @@ def test_health_names_the_store_and_says_when_it_drains():
 def test_metrics_count_store_errors_by_operation():
     shared = SharedFake()
     shared.errors.update({"put": 2, "dropped": 1})
-    text = parse_response(node(shared).receiver("/api/v1/pipe/metrics").raw).body.decode()
+    d = node(shared)
+    transfer(d)
+    text = parse_response(d.receiver("/api/v1/pipe/metrics").raw).body.decode()
     assert 'hoodypipe_store_errors_total{operation="put"} 2.0' in text
     assert 'hoodypipe_store_errors_total{operation="dropped"} 1.0' in text
-    assert "hoodypipe_store_queued 0.0" in text
+    assert "hoodypipe_store_queued 0.0" in text and "hoodypipe_retained_finals 1.0" in text
 
 
 # -- the Redis store's queue, over a fake connection -----------------------------------------------
