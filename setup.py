@@ -11,7 +11,9 @@ setup(
     # The templates live in the top-level templates/ folder and ship as
     # package data of hoodypipe.templates.
     package_dir={"hoodypipe.templates": "templates"},
-    package_data={"hoodypipe.templates": ["*.html", "*.txt"]},
+    # *.js and *.css: the pages' shared script and style, and the vendored QR
+    # code generator (qrcode.js, with qrcode.LICENSE.txt), inlined into pages.
+    package_data={"hoodypipe.templates": ["*.html", "*.txt", "*.js", "*.css"]},
     include_package_data=False,
     install_requires=[
         "twisted[tls]>=24.7",
