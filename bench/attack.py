@@ -333,6 +333,8 @@ class Case:
 
     def close(self):
         for sock in self.socks:
+            if sock is None:
+                continue
             try:
                 sock.close()
             except OSError:
@@ -364,24 +366,25 @@ class Pipelined(Case):
     def step(self):
         progressed = False
         for i, sock in enumerate(self.socks):
+            if sock is None:  # closed by the daemon
+                if self.args.no_reconnect:
+                    continue
+                try:
+                    sock = self.socks[i] = self.connect(self.sources[i])
+                except OSError:
+                    continue
+                self.reconnects += 1
             offset = self.offsets[i]
             try:
                 n = sock.send(self.view[offset : offset + len(self.block)])
             except BlockingIOError:
                 continue
             except OSError:
-                # The daemon closed it: a new connection starts over at a request boundary.
+                # The daemon closed it; a new one starts over at a request boundary.
                 sock.close()
-                self.socks[i] = socket.socket()  # sends fail at once: retried next step
+                self.socks[i] = None
                 self.offsets[i] = 0
                 self.closed += 1
-                if self.args.no_reconnect:
-                    continue
-                self.reconnects += 1
-                try:
-                    self.socks[i] = self.connect(self.sources[i])
-                except OSError:
-                    pass
                 continue
             self.sent += n
             self.offsets[i] = (offset + n) % len(self.block)
