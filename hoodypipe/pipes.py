@@ -169,7 +169,8 @@ class Pipe:
 
     @property
     def active_receivers(self) -> int:
-        return len(self.relay.receivers) if self.relay else len(self.receivers)
+        # Receivers that already closed with every byte still count: they got it.
+        return len(self.relay.receivers) + self._delivered if self.relay else len(self.receivers)
 
     @property
     def finished(self) -> bool:

@@ -248,9 +248,13 @@ def open_spectator(
     accept: str = "text/event-stream",
     rcvbuf: int | None = None,
     timeout: float = 10,
+    source: str | None = None,
 ) -> tuple[socket.socket, int, dict[str, str]]:
-    """Open a ``?progress`` request on a raw socket; read only the status line and headers."""
-    conn = Connection(daemon.host, daemon.port, timeout, rcvbuf=rcvbuf)
+    """Open a ``?progress`` request on a raw socket; read only the status line and headers.
+
+    ``source`` (127.0.0.N) makes it another client: the caps keep a share for each.
+    """
+    conn = Connection(daemon.host, daemon.port, timeout, rcvbuf=rcvbuf, source=source)
     try:
         conn.send(request("GET", f"{PREFIX}{name}?{query}", {"Accept": accept}, host=f"{daemon.host}:{daemon.port}"))
         head = conn.read_head(most=1)  # one byte at a time: leave the body unread

@@ -398,11 +398,15 @@ class Connection:
     reset, timeout) before what it waits for.
     """
 
-    def __init__(self, host: str, port: int, timeout: float | None = 10, rcvbuf: int | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, timeout: float | None = 10, rcvbuf: int | None = None, source: str | None = None
+    ) -> None:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
             if rcvbuf is not None:  # before connect(), so that the window is small from the start
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if source is not None:  # another loopback address: another client to the daemon's caps
+                sock.bind((source, 0))
             sock.settimeout(timeout)
             sock.connect((host, port))
         except BaseException:
