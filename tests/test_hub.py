@@ -210,6 +210,10 @@ def test_status_of_an_unused_name_is_idle_with_every_field():
         "etaSec",
         "durationSec",
         "receivers",
+        "kind",
+        "peers",
+        "transferId",
+        "sha256",
     ):
         assert key in body
     assert body["state"] == "idle"
