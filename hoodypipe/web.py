@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 from urllib.parse import unquote
@@ -22,7 +23,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 from werkzeug.routing import BaseConverter
 
-from hoodypipe import __version__
+from hoodypipe import __version__, pages
 from hoodypipe.download import Download
 from hoodypipe.errors import HTTPError
 from hoodypipe.hub import Hub, json_body, parse_last_event_id
@@ -121,6 +122,8 @@ class PipeWeb:
             loader=FileSystemLoader(template_dir()),
             autoescape=select_autoescape(default=True, default_for_string=True),
         )
+        # The send page's QR code generator (qrcode-generator, MIT), inlined.
+        self.qrcode = pages.inline_script(os.path.join(template_dir(), "qrcode.js"))
         package = os.path.dirname(os.path.abspath(__file__))
         self.built = rfc3339(os.path.getmtime(os.path.join(package, "__init__.py")))
 
@@ -152,17 +155,23 @@ class PipeWeb:
         request.setHeader(b"Access-Control-Allow-Origin", b"*")
         return json_body(data)
 
-    def _html(self, request: Request, template: str, **context: Any) -> bytes:
+    def _html(
+        self, request: Request, template: str, csp: Callable[[str], str] | None = None, /, **context: Any
+    ) -> bytes:
         nonce = secrets.token_urlsafe(16)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        request.setHeader(
-            b"Content-Security-Policy",
-            (
-                f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-                "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
-                "frame-ancestors 'none'"
-            ).encode(),
-        )
+        if csp is not None:  # the browser pages (pages.py): KIT 2's policies, never stored
+            request.setHeader(b"Content-Security-Policy", csp(nonce).encode())
+            request.setHeader(b"Cache-Control", b"no-store")
+        else:
+            request.setHeader(
+                b"Content-Security-Policy",
+                (
+                    f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+                    "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+                    "frame-ancestors 'none'"
+                ).encode(),
+            )
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         request.setHeader(b"Referrer-Policy", b"no-referrer")
         return self.templates.get_template(template).render(nonce=nonce, version=__version__, **context).encode()
@@ -180,9 +189,11 @@ class PipeWeb:
             request.setHeader(b"Access-Control-Allow-Methods", allowed)
             return b""
         if page == "start":
-            return self._html(request, "index.html", base_url=base_url(request))
+            context = pages.send_context(base_url(request), target.query)
+            return self._html(request, "page_send.html", pages.csp, qrcode=self.qrcode, **context)
         if page == "noscript":
-            return self._html(request, "noscript.html", base_url=base_url(request))
+            context = pages.noscript_context(base_url(request), target.query)
+            return self._html(request, "page_noscript.html", pages.noscript_csp, **context)
         if page == "help":
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             return self._help(base_url(request))
@@ -251,6 +262,9 @@ class PipeWeb:
             return self.progress(request, name, query.get("format"), query.flag("follow"))
         if status:
             return self._json(request, self._status(name, target))
+        if pages.wants_receive_page(query, request.getHeader(b"Accept")):
+            context = pages.receive_context(base_url(request), name, _display(name), query)
+            return self._html(request, "page_receive.html", lambda n: pages.csp(n, "frame-src 'self'"), **context)
         return self.receive(request, name, target)
 
     def _status(self, name: str, target: Target) -> dict[str, Any]:
