@@ -33,6 +33,7 @@ from hoodypipe.pipes import Registry
 from hoodypipe.progress import rfc3339
 from hoodypipe.refusal import refuse
 from hoodypipe.request import client_of
+from hoodypipe.shown import dashboard_context, help_context
 
 PIPE_METHODS = b"GET, POST, PUT, OPTIONS"
 # Health and metrics answer preflights too (status pages poll them).
@@ -232,7 +233,8 @@ class PipeWeb:
 
     def _help(self, base: str) -> bytes:
         url = f"{base}{PREFIX.decode()}"
-        return self.templates.get_template("help.txt").render(url=url, base=base, version=__version__).encode()
+        page = self.templates.get_template("help.txt")
+        return page.render(url=url, base=base, version=__version__, **help_context(base)).encode()  # commands quoted
 
     # -- a pipe name -------------------------------------------------------------------
 
@@ -304,16 +306,11 @@ class PipeWeb:
         if kind == "json":
             return self._json(request, self.hub.snapshot(name))
         if kind == "html":
-            base = base_url(request)
-            path = request.uri.split(b"?", 1)[0].decode("latin-1")
             return self._html(
                 request,
                 "dashboard.html",
                 name=_display(name),
-                pipe_url=f"{base}{path}",
-                # follow: a dashboard left open shows the next transfer too.
-                sse_url=f"{path}?progress&follow=1&format=sse",
-                status_url=f"{path}?status",
+                **dashboard_context(base_url(request), name),  # from the name, never the raw path
                 snapshot=self.hub.snapshot(name),
                 interval_ms=int(self.hub.limits.interval * 1000),
             )

@@ -368,4 +368,4 @@ def test_the_dashboard_follows_the_name():
     d = daemon()
     page = d.receiver("/x?progress", {"Accept": "text/html"}).response().body.decode()
     config = json.loads(page.split('id="config"', 1)[1].split(">", 1)[1].split("</script>", 1)[0])
-    assert config["sseUrl"] == "/x?progress&follow=1&format=sse"
+    assert config["sseUrl"] == "/api/v1/pipe/x?progress&follow=1&format=sse"  # from the name, not the path
