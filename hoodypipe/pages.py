@@ -3,8 +3,7 @@
 What each page is given: its query's pre-fills (never a 400: a bad value is
 the default, a long one is cut on a code point), its Content-Security-Policy,
 and the URLs and commands it shows, built from the pipe's name by
-``pipe_path`` and ``shell_command`` below (so no link leaves the origin and every
-command pastes as one).
+``shown`` (so no link leaves the origin and every command pastes as one).
 Pure: no I/O.
 
 Which GET is a page (KIT 2, Order): ``?status`` > ``?progress`` > ``?receive``
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import shlex
 import string
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,6 +23,7 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 from hoodypipe.names import MAX_NAME_LENGTH, PREFIX, PREFIX_PAGES, ROOT_MISTAKES, ROOT_PAGES, Query
+from hoodypipe.shown import pipe_path, shell_command, shown_url
 
 MAX_RECEIVERS = 256
 MAX_TEXT = 100_000
@@ -63,35 +62,6 @@ def inline_script(path: str) -> Markup:
     if re.search(r"</script|<!--", text, re.I):
         raise ValueError(f"{path} cannot be inlined in a <script>")
     return Markup(text)  # a file we ship, checked above
-
-
-# -- what a page shows of a pipe ----------------------------------------------------------
-
-_PIPES = PREFIX.decode() + "/"
-# What a browser percent-encodes in a path (WHATWG URL), and anything outside
-# printable ASCII: a shown URL reaches the name a browser would send for it.
-_NOT_RAW = re.compile(r'[^\x21-\x7e]|["#<>?`{}]')
-
-
-def pipe_path(name: str) -> str:
-    """The page-relative URL of the pipe ``name`` (canonical, still percent-encoded):
-    always ``/api/v1/pipe/...``, so the name ``/evil.example/x`` never becomes the
-    link ``//evil.example/x``."""
-    return _PIPES + _NOT_RAW.sub(lambda m: "".join(f"%{b:02X}" for b in _raw(m.group())), name)
-
-
-def _raw(char: str) -> bytes:
-    # A name's characters are its raw bytes, read as latin-1; other text is UTF-8.
-    return char.encode("latin-1" if ord(char) < 256 else "utf-8")
-
-
-def shown_url(base: str, name: str, query: str = "") -> str:
-    return base + pipe_path(name) + (f"?{query}" if query else "")
-
-
-def shell_command(*words: str) -> str:
-    """A command line whose words are exactly ``words``, each quoted for a POSIX shell."""
-    return " ".join(map(shlex.quote, words))
 
 
 # -- reading a page's query -----------------------------------------------------------------
