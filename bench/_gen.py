@@ -25,7 +25,7 @@ def main():
         pass
     try:
         while remaining:
-            chunk = block[:min(remaining, BLOCK)]
+            chunk = block[: min(remaining, BLOCK)]
             while chunk:
                 n = os.write(1, chunk)
                 chunk = chunk[n:]

@@ -74,22 +74,37 @@ require(path.resolve(process.argv[1]));
 # --- targets -----------------------------------------------------------------
 # Each start_* returns (Child, url_for(name)).
 
+
 def start_piping_server(npm_dir):
     package = os.path.join(npm_dir, "node_modules", "piping-server")
     if not os.path.exists(os.path.join(package, "package.json")):
         os.makedirs(npm_dir, exist_ok=True)
         print("installing piping-server into %s ..." % npm_dir, flush=True)
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund",
-                        "piping-server"], cwd=npm_dir, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "piping-server"],
+            cwd=npm_dir,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     with open(os.path.join(package, "package.json")) as f:
         meta = json.load(f)
     bin_entry = meta["bin"]
     if isinstance(bin_entry, dict):
         bin_entry = bin_entry["piping-server"]
-    child = Child("piping-server", [
-        shutil.which("node") or "node", "-e", REPORT_PORT, PORT_FILE, os.path.join(package, bin_entry),
-        "--http-port", "0", "--host", HOST])
+    child = Child(
+        "piping-server",
+        [
+            shutil.which("node") or "node",
+            "-e",
+            REPORT_PORT,
+            PORT_FILE,
+            os.path.join(package, bin_entry),
+            "--http-port",
+            "0",
+            "--host",
+            HOST,
+        ],
+    )
     child.version = meta.get("version", "?")
     try:
         port = wait_port_file(child)
@@ -101,9 +116,7 @@ def start_piping_server(npm_dir):
 
 
 def start_limit():
-    child = Child("limit", [sys.executable,
-                            os.path.join(os.path.dirname(__file__), "_sink.py"),
-                            PORT_FILE])
+    child = Child("limit", [sys.executable, os.path.join(os.path.dirname(__file__), "_sink.py"), PORT_FILE])
     try:
         port = wait_port_file(child)
         wait_http_ok(child, port, "/")
@@ -130,31 +143,32 @@ def start_target(target, args):
 
 # --- report ------------------------------------------------------------------
 
+
 def mbps(size, seconds):
     return size / seconds / 1e6
 
 
 def report(results, size, runs):
     print()
-    print("%-24s %6s %9s %9s %9s  %s" % ("target", "ok", "median", "min", "max",
-                                        "runs (MB/s)"))
+    print("%-24s %6s %9s %9s %9s  %s" % ("target", "ok", "median", "min", "max", "runs (MB/s)"))
     medians = {}
     for target, rates in results.items():
         if not rates:
             print("%-24s %3d/%-2d %9s" % (target, 0, runs, "-"))
             continue
         medians[target] = statistics.median(rates)
-        print("%-24s %3d/%-2d %9.0f %9.0f %9.0f  %s" % (
-            target, len(rates), runs, medians[target], min(rates), max(rates),
-            " ".join("%.0f" % r for r in rates)))
+        print(
+            "%-24s %3d/%-2d %9.0f %9.0f %9.0f  %s"
+            % (target, len(rates), runs, medians[target], min(rates), max(rates), " ".join("%.0f" % r for r in rates))
+        )
     parts = ["%s %.0f MB/s" % (t, medians[t]) for t in results if t in medians]
     if "hoodypipe" in medians:
         for other, goal in RATIO_TARGETS.items():
             if other in medians:
                 ratio = medians["hoodypipe"] / medians[other]
-                parts.append("ratio vs %s %.2f%s" % (
-                    other, ratio, "" if ratio >= goal else
-                    " MISSED (target >= %.2f)" % goal))
+                parts.append(
+                    "ratio vs %s %.2f%s" % (other, ratio, "" if ratio >= goal else " MISSED (target >= %.2f)" % goal)
+                )
     if "hoodypipe" in medians and "hoodypipe-sha256" in medians:
         parts.append("?sha256 on/off %.2f" % (medians["hoodypipe-sha256"] / medians["hoodypipe"]))
     if "hoodypipe" in medians and "hoodypipe-sha256-thread" in medians:
@@ -165,22 +179,23 @@ def report(results, size, runs):
 
 def main():
     parser = argument_parser(__doc__)
-    parser.add_argument("--size", type=parse_size, default="1G",
-                        help="bytes per transfer, e.g. 256M, 1G (default 1G)")
-    parser.add_argument("--runs", type=int, default=5,
-                        help="transfers per target (default 5)")
-    parser.add_argument("--only", default=",".join(TARGETS),
-                        help="comma-separated subset of: " + ", ".join(TARGETS))
-    parser.add_argument("--twistd", default=default_twistd(),
-                        help="twistd with the hoodypipe plugin "
-                             "(default: twistd next to sys.executable)")
-    parser.add_argument("--npm-dir", default="/tmp/hoodypipe-bench-npm",
-                        help="where piping-server is (or gets) installed")
-    parser.add_argument("--timeout", type=float, default=300,
-                        help="seconds allowed per transfer (default 300)")
-    parser.add_argument("--no-warmup", action="store_true",
-                        help="skip the untimed %d MiB warm-up transfer per target"
-                             % (WARMUP_SIZE // MIB))
+    parser.add_argument("--size", type=parse_size, default="1G", help="bytes per transfer, e.g. 256M, 1G (default 1G)")
+    parser.add_argument("--runs", type=int, default=5, help="transfers per target (default 5)")
+    parser.add_argument("--only", default=",".join(TARGETS), help="comma-separated subset of: " + ", ".join(TARGETS))
+    parser.add_argument(
+        "--twistd",
+        default=default_twistd(),
+        help="twistd with the hoodypipe plugin (default: twistd next to sys.executable)",
+    )
+    parser.add_argument(
+        "--npm-dir", default="/tmp/hoodypipe-bench-npm", help="where piping-server is (or gets) installed"
+    )
+    parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per transfer (default 300)")
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the untimed %d MiB warm-up transfer per target" % (WARMUP_SIZE // MIB),
+    )
     args = parser.parse_args()
     targets = [t.strip() for t in args.only.split(",") if t.strip()]
     unknown = set(targets) - set(TARGETS)
@@ -201,18 +216,18 @@ def main():
                 print("%s: could not start, skipped: %s" % (target, e), flush=True)
                 continue
             child = servers[target][0]
-            print("started %s (pid %d)%s" % (
-                target, child.pid,
-                " version " + child.version if hasattr(child, "version") else ""),
-                flush=True)
+            print(
+                "started %s (pid %d)%s"
+                % (target, child.pid, " version " + child.version if hasattr(child, "version") else ""),
+                flush=True,
+            )
         warmup = [] if args.no_warmup else [(0, min(args.size, WARMUP_SIZE))]
         for run, size in warmup + [(r, args.size) for r in range(1, args.runs + 1)]:
             for target in servers:
                 url = servers[target][1]("bench-%d-%s" % (run, uuid.uuid4().hex))
                 label = "run %d" % run if run else "warm-up"
                 try:
-                    seconds = transfer(url, size, args.timeout,
-                                       relay=target != "limit")
+                    seconds = transfer(url, size, args.timeout, relay=target != "limit")
                 except TransferFailed as e:
                     failures += 1
                     print("%-7s %-14s FAILED: %s" % (label, target, e), flush=True)
@@ -220,8 +235,7 @@ def main():
                 rate = mbps(size, seconds)
                 if run:
                     results[target].append(rate)
-                print("%-7s %-14s %7.2f s %8.0f MB/s" % (label, target, seconds, rate),
-                      flush=True)
+                print("%-7s %-14s %7.2f s %8.0f MB/s" % (label, target, seconds, rate), flush=True)
         report(results, args.size, args.runs)
     finally:
         for child, _ in servers.values():

@@ -347,16 +347,20 @@ def test_status_and_json_ignore_last_event_id():
 
 def test_the_preflight_allows_last_event_id_and_private_network():
     d = daemon()
-    got = d.connect().request(
-        "OPTIONS",
-        "/x?progress",
-        headers={
-            "Origin": "https://status.example",
-            "Access-Control-Request-Method": "GET",
-            "Access-Control-Request-Headers": "last-event-id",
-            "Access-Control-Request-Private-Network": "true",
-        },
-    ).response()
+    got = (
+        d.connect()
+        .request(
+            "OPTIONS",
+            "/x?progress",
+            headers={
+                "Origin": "https://status.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "last-event-id",
+                "Access-Control-Request-Private-Network": "true",
+            },
+        )
+        .response()
+    )
     allowed = [h.strip().lower() for h in got.headers["access-control-allow-headers"].split(",")]
     assert "last-event-id" in allowed
     assert got.headers["access-control-allow-private-network"] == "true"

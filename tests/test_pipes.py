@@ -317,7 +317,7 @@ def test_a_receiver_that_never_acknowledges_meets_the_idle_timeout():
 
 
 def test_a_fast_receiver_that_closes_with_everything_while_a_slow_one_blocks_is_delivered():
-    reg, clock, _ = registry(idle_timeout=8)
+    reg, _clock, _ = registry(idle_timeout=8)
     pipe = reg.add_sender("x", sender := FakeSender(n=3))
     fast, slow, gone = FakeReceiver(n=3), FakeReceiver(n=3), FakeReceiver(n=3)
     for receiver in (fast, slow, gone):

@@ -241,8 +241,9 @@ def test_sha256_of_256_mib_chunked(daemon, big_random_file):
 # -- headers to receivers ----------------------------------------------------------------
 
 
-def transfer_headers(daemon, tmp_path, sender_args: list[str], receiver_query: str = "", body: bytes = b"payload\n",
-                     fixed: bool = False):
+def transfer_headers(
+    daemon, tmp_path, sender_args: list[str], receiver_query: str = "", body: bytes = b"payload\n", fixed: bool = False
+):
     """Run one small transfer; return the receiver's CurlResult and the sender's lines."""
     name = unique("hdr")
     r = Curl(["-D", str(tmp_path / "rh"), daemon.url(name, receiver_query)])
@@ -324,13 +325,15 @@ def test_content_length_only_for_fixed_uploads(daemon, tmp_path):
     ],
 )
 def test_content_disposition_inline_rules(daemon, tmp_path, ctype, disposition, expected):
-    got = transfer_headers(daemon, tmp_path, ["-H", f"Content-Type: {ctype}", "-H", f"Content-Disposition: {disposition}"])
+    got = transfer_headers(
+        daemon, tmp_path, ["-H", f"Content-Type: {ctype}", "-H", f"Content-Disposition: {disposition}"]
+    )
     assert got.header("Content-Disposition") == expected
 
 
 def test_x_piping_and_x_hoody_pipe_pass_through_and_are_exposed(daemon, tmp_path):
     got = transfer_headers(
-        daemon, tmp_path, ["-H", "X-Piping: hello piping", "-H", "X-Hoody-Pipe: {\"k\": 1}", "-H", "X-Other: no"]
+        daemon, tmp_path, ["-H", "X-Piping: hello piping", "-H", 'X-Hoody-Pipe: {"k": 1}', "-H", "X-Other: no"]
     )
     assert got.header("X-Piping") == "hello piping"
     assert got.header("X-Hoody-Pipe") == '{"k": 1}'

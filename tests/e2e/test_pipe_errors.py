@@ -164,10 +164,9 @@ def test_name_too_long_is_414(daemon):
 def test_bad_characters_are_400(daemon, name, method):
     body = b"xyz"
     extra = f"Content-Length: {len(body)}\r\n" if method == "PUT" else ""
-    request = (
-        f"{method} /api/v1/pipe/{name} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n".encode("latin-1")
-        + (body if method == "PUT" else b"")
-    )
+    request = f"{method} /api/v1/pipe/{name} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n".encode(
+        "latin-1"
+    ) + (body if method == "PUT" else b"")
     answer = raw_request(daemon, request)
     assert answer.status == 400, answer
     assert ERROR_LINE.match(answer.body), answer.body
@@ -185,8 +184,16 @@ def test_slashes_in_names_are_fine(daemon):
 # -- sender and receiver headers ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header", ["Content-Range: bytes 0-3/4", "X-Pipe-Size: abc", "X-Pipe-Size: -5",
-                                    "X-Pipe-Size: 1e9", "X-Pipe-Size: 12345678901234567890"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Content-Range: bytes 0-3/4",
+        "X-Pipe-Size: abc",
+        "X-Pipe-Size: -5",
+        "X-Pipe-Size: 1e9",
+        "X-Pipe-Size: 12345678901234567890",
+    ],
+)
 def test_bad_sender_headers_are_400(daemon, header):
     name = unique("badh")
     key, _, value = header.partition(": ")
@@ -223,8 +230,9 @@ def test_other_methods_are_405(daemon, method, root):
     assert allow == PIPE_ALLOW
 
 
-@pytest.mark.parametrize("target", ["/help", "/api/v1/pipe/help", "/", "/api/v1/pipe",
-                                    "/noscript", "/robots.txt", "/favicon.ico", "/HELP/"])
+@pytest.mark.parametrize(
+    "target", ["/help", "/api/v1/pipe/help", "/", "/api/v1/pipe", "/noscript", "/robots.txt", "/favicon.ico", "/HELP/"]
+)
 @pytest.mark.parametrize("method", ["PUT", "POST"])
 def test_upload_to_reserved_path_is_400(daemon, target, method):
     assert_error(fetch(daemon, target, method, body=b"abc"), 400)
@@ -251,15 +259,22 @@ def test_delete_on_reserved_path_is_405(daemon, target):
 
 def test_options_preflight_on_a_name(daemon):
     for target in (f"/api/v1/pipe/{unique()}", f"/{unique()}"):
-        answer = fetch(daemon, target, "OPTIONS", headers={
-            "Origin": "https://example.org", "Access-Control-Request-Method": "PUT"})
+        answer = fetch(
+            daemon, target, "OPTIONS", headers={"Origin": "https://example.org", "Access-Control-Request-Method": "PUT"}
+        )
         assert answer.status == 200
         assert answer.header("Access-Control-Allow-Origin") == "*"
         methods = {m.strip() for m in answer.header("Access-Control-Allow-Methods").split(",")}
         assert methods == PIPE_ALLOW
         allowed = {h.strip().lower() for h in answer.header("Access-Control-Allow-Headers").split(",")}
-        assert allowed == {"content-type", "content-disposition", "x-piping", "x-hoody-pipe", "x-pipe-size",
-                           "last-event-id"}
+        assert allowed == {
+            "content-type",
+            "content-disposition",
+            "x-piping",
+            "x-hoody-pipe",
+            "x-pipe-size",
+            "last-event-id",
+        }
         assert answer.header("Access-Control-Max-Age") == "86400"
 
 
@@ -273,8 +288,22 @@ def test_root_health_and_metrics_are_404(daemon, word):
     assert_error(answer, 404, f"'/{folded}' is not a valid path. Use '/api/v1/pipe/{folded}'.")
 
 
-@pytest.mark.parametrize("target", ["/help", "/Help", "/HELP", "/help/", "/help.", "/help%2e", "/help%2E",
-                                    "/help./", "/api/v1/pipe/help", "/api/v1/pipe/HELP/", "/api/v1/pipe/help%2e"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/help",
+        "/Help",
+        "/HELP",
+        "/help/",
+        "/help.",
+        "/help%2e",
+        "/help%2E",
+        "/help./",
+        "/api/v1/pipe/help",
+        "/api/v1/pipe/HELP/",
+        "/api/v1/pipe/help%2e",
+    ],
+)
 def test_reserved_path_folding_serves_help(daemon, target):
     answer = fetch(daemon, target)
     assert answer.status == 200, (target, answer.status, answer.body[:200])
@@ -405,7 +434,9 @@ def test_rejected_upload_with_expect_continue_gets_no_100(daemon):
     """An early refusal of an ``Expect: 100-continue`` upload answers at once, without 100 Continue."""
     name = unique("exp")
     with RawConnection(daemon) as conn:
-        conn.send(f"PUT /api/v1/pipe/{name}?n=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
-                  "Expect: 100-continue\r\n\r\n".encode())
+        conn.send(
+            f"PUT /api/v1/pipe/{name}?n=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
+            "Expect: 100-continue\r\n\r\n".encode()
+        )
         line = conn._line()
         assert line.startswith(b"HTTP/1.1 400"), line

@@ -109,7 +109,7 @@ def test_one_of_three_receivers_killed_the_rest_complete(daemon):
     victim.wait_bytes(2 * MiB)
     victim.kill()
     wait_status(daemon, name, state="streaming", activeReceivers=2)
-    s.feed_async(data[4 * MiB:], close=True)
+    s.feed_async(data[4 * MiB :], close=True)
     for r in survivors:
         assert r.wait(30) == 0, r.stderr
         assert r.nbytes == len(data) and r.digest == sha256(data)
@@ -332,6 +332,8 @@ def test_slow_receiver_paces_the_sender_and_memory_stays_flat(daemon_factory):
     fed_after = s.fed_at - started
     assert fed_after >= 0.7 * ideal, f"the sender's input was consumed after {fed_after:.1f}s"
     growth = peak - baseline
-    print(f"slow receiver: {elapsed:.1f}s (ideal {ideal:.1f}s), sender fed after {fed_after:.1f}s, "
-          f"RSS {baseline / MiB:.1f} MiB + {growth / MiB:.1f} MiB peak growth")
+    print(
+        f"slow receiver: {elapsed:.1f}s (ideal {ideal:.1f}s), sender fed after {fed_after:.1f}s, "
+        f"RSS {baseline / MiB:.1f} MiB + {growth / MiB:.1f} MiB peak growth"
+    )
     assert growth < 32 * MiB, f"RSS grew by {growth / MiB:.1f} MiB (baseline {baseline / MiB:.1f} MiB)"
