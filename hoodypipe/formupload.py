@@ -148,9 +148,14 @@ class FormUpload:
         # What the pipe and its spectators see of the sender: no length, no
         # size (counts describe the part), and receivers' headers to come.
         self.headers = dataclasses.replace(
-            base, content_type=None, declared_type="", content_length=None, size_hint=None, disposition=None
+            base,
+            content_type=None,
+            declared_type="",
+            content_length=None,
+            size_hint=None,
+            disposition=None,
+            pick=self.pick,
         )
-        self.headers = dataclasses.replace(self.headers, pick=self.pick)
         self.done = False
         self.seen_part = False
         self._role: _Role | None = None
