@@ -243,9 +243,11 @@ class PipeWeb:
         name = target.name
         assert name is not None
         asks_state = method in (b"GET", b"HEAD") and (query.flag("status") or query.flag("progress"))
-        if not recalled and asks_state and self.hub.needs_recall(name):
+        transfer_id = query.get("transfer") if query.flag("status") else None
+        if not recalled and asks_state and self.hub.needs_recall(name, transfer_id):
             # How it ended may be kept only in the shared store: ask it first.
-            return self.hub.recall(name).addCallback(lambda _: self._recalled(request, target, method))
+            recalled_now = self.hub.recall(name, transfer_id)
+            return recalled_now.addCallback(lambda _: self._recalled(request, target, method))
         if method == b"OPTIONS":
             request.setHeader(b"Access-Control-Allow-Origin", b"*")
             request.setHeader(b"Access-Control-Allow-Methods", PIPE_METHODS)

@@ -328,6 +328,34 @@ def test_a_spectator_that_leaves_during_the_lookup_costs_nothing():
     assert b.hub.spectator_count == 0 and b.hub.watches == {}
 
 
+def test_a_transfer_is_found_by_its_id_on_another_node():
+    shared = SharedFake()
+    a = node(shared)
+    a.receiver("/x?status")
+    shared.answer()
+    receiver = a.receiver("/x")
+    a.sender("/x?sha256").chunk(b"12345").end_chunks()
+    assert receiver.response().complete
+    first = body_json(a.receiver("/x?status"))["transferId"]
+    assert first is not None and decode_receipt(shared.kept["receipt " + first]).name == "x"
+    transfer(a, body=b"newer")  # x's final is now another transfer: only the receipt knows the first
+    b = node(shared)
+    by_final = b.receiver(f"/x?status&transfer={body_json(a.receiver('/x?status'))['transferId']}")
+    by_receipt = b.receiver(f"/x?status&transfer={first}")
+    unknown = b.receiver("/x?status&transfer=" + "z" * 22)
+    shared.answer()  # x's final: by_final is answered
+    assert [key for key, _ in shared.asked] == ["receipt " + first, "receipt " + "z" * 22]
+    shared.answer()
+    assert parse_response(by_final.raw).status == 200 and body_json(by_final)["bytes"] == 5
+    assert body_json(by_receipt)["transferId"] == first and body_json(by_receipt)["sha256"] is not None
+    assert parse_response(unknown.raw).status == 404
+    assert b.receiver(f"/x?status&transfer={first}").raw and shared.asked == []  # now in b's memory
+    other = b.receiver(f"/y?status&transfer={first}")  # the receipt is x's: not y's
+    shared.answer()
+    shared.answer()
+    assert parse_response(other.raw).status == 404
+
+
 def test_errors_in_the_answer_after_a_lookup_are_refusals():
     shared = SharedFake()
     b = node(shared)

@@ -233,9 +233,11 @@ def test_a_restarted_node_keeps_final_states_for_latecomers_and_ids_increase(clu
         watcher.wait_for(is_kind("state"), 10, "the first state")
         data = deterministic_bytes(100_000, seed=i)
         got = receiver(c.url(name))
-        finish(Sender(c.url(name), data=data), [got], data)
+        finish(Sender(c.url(name, "sha256" if i == 0 else ""), data=data), [got], data)
         watcher.wait_end(10)
         ends[name] = watcher.named("done")[-1]
+    hashed = get_json(c.url(names[0], "status"))[1]
+    assert hashed["sha256"] == sha256(deterministic_bytes(100_000, seed=0)) and hashed["transferId"]
     owners = {name: served_by(c)[name.lower()] for name in names}
     # Every node, one after another, dies without a word and comes back empty.
     for index in range(len(c.nodes)):
@@ -262,6 +264,9 @@ def test_a_restarted_node_keeps_final_states_for_latecomers_and_ids_increase(clu
         watcher.wait_end(10)
         assert min(e.id for e in watcher.events if e.id is not None) > ids[-1]
     assert all(len(servers) == 1 for servers in owners.values())
+    # The hashed transfer's receipt outlived its final (the name has had another transfer since).
+    code, receipt = get_json(c.url(names[0], f"status&transfer={hashed['transferId']}"))
+    assert code == 200 and receipt["sha256"] == hashed["sha256"], receipt
 
 
 # -- Redis goes away -------------------------------------------------------------------------------------
