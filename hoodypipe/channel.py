@@ -35,6 +35,7 @@ from hoodypipe.proxy import normal_address
 from hoodypipe.refusal import raw_refusal
 from hoodypipe.request import PipeRequest
 from hoodypipe.strict import head_refusal, limit_refusal
+from hoodypipe.waiting import Waiters
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -131,7 +132,7 @@ class PipeSite(server.Site):
         self.protocol = PipeChannel  # type: ignore[assignment,method-assign]
         # Shutting down: connections close as soon as they are between requests.
         self.closing = False
-        self._closed: list[Deferred[None]] = []
+        self._closed = Waiters()
 
     def getResourceFor(self, request: server.Request) -> IResource:
         # twisted.web would hand Klein percent-decoded path segments, which
@@ -152,19 +153,12 @@ class PipeSite(server.Site):
 
     def when_closed(self) -> Deferred[None]:
         """Fires once no connection is open."""
-        waiting: Deferred[None] = Deferred()
-        if self.channels:
-            self._closed.append(waiting)
-        else:
-            waiting.callback(None)
-        return waiting
+        return self._closed.wait(not self.channels)
 
     def channel_gone(self, channel: PipeChannel) -> None:
         self.channels.discard(channel)
         if not self.channels:
-            waiting, self._closed = self._closed, []
-            for each in waiting:
-                each.callback(None)
+            self._closed.fire()
 
 
 class _Decoder(ChunkedDecoder):

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
+from hoodypipe.accept import media_ranges
 from hoodypipe.names import MAX_NAME_LENGTH, PREFIX, PREFIX_PAGES, ROOT_MISTAKES, ROOT_PAGES, Query
 from hoodypipe.shown import pipe_path, shell_command, shown_url
 
@@ -75,23 +76,7 @@ def page_flag(query: Query, key: str) -> bool:
 
 def lists_html(accept: bytes | None) -> bool:
     """``Accept`` names ``text/html`` itself with q>0 (``*/*`` and ``text/*`` do not count)."""
-    if not accept:
-        return False
-    for item in accept.decode("latin-1").split(","):
-        media, *params = [p.strip() for p in item.split(";")]
-        if media.lower() != "text/html":
-            continue
-        q = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if q > 0:
-            return True
-    return False
+    return any(media == "text/html" and q > 0 for media, q in media_ranges(accept))
 
 
 def wants_receive_page(query: Query, accept: bytes | None) -> bool:

@@ -24,6 +24,7 @@ from hoodypipe.fairshare import Shares
 from hoodypipe.parties import Party, ReceiverParty, SenderParty
 from hoodypipe.refusal import Rejections
 from hoodypipe.relay import Relay, step_for
+from hoodypipe.waiting import Waiters
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -514,7 +515,7 @@ class Registry:
         # Receivers of the transfers streaming now: the step budget counts them.
         self.streaming_receivers = 0
         self.shutting_down = False
-        self._idle: list[Deferred[None]] = []
+        self._quiet = Waiters()  # for when_idle
         # Read by the metrics at scrape time.
         self.outcomes: Counter[str] = Counter()
         self.rejections = Rejections()
@@ -619,12 +620,7 @@ class Registry:
 
     def when_idle(self) -> Deferred[None]:
         """Fires once no transfer is streaming."""
-        waiting: Deferred[None] = Deferred()
-        if self.streaming:
-            self._idle.append(waiting)
-        else:
-            waiting.callback(None)
-        return waiting
+        return self._quiet.wait(not self.streaming)
 
     def forget(self, pipe: Pipe) -> None:
         self.release_transfer_id(pipe)
@@ -654,7 +650,5 @@ class Registry:
         self.observer.ended(pipe)
         # Last: whoever waits for quiet (the drain) hears of it once the
         # transfer has told everyone how it ended.
-        if not self.streaming and self._idle:
-            waiting, self._idle = self._idle, []
-            for each in waiting:
-                each.callback(None)
+        if not self.streaming:
+            self._quiet.fire()

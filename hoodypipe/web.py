@@ -24,6 +24,7 @@ from twisted.web.server import Request
 from werkzeug.routing import BaseConverter
 
 from hoodypipe import __version__, pages
+from hoodypipe.accept import media_ranges
 from hoodypipe.download import Download
 from hoodypipe.errors import HTTPError
 from hoodypipe.hub import Hub, json_body, parse_last_event_id
@@ -52,22 +53,8 @@ class _Everything(BaseConverter):
 
 def choose_format(accept: bytes | None) -> str:
     """The first of our four types the client lists with q>0, by preference; else SSE."""
-    if not accept:
-        return "sse"
-    ranked: list[tuple[float, int, str]] = []
-    for order, item in enumerate(accept.decode("latin-1").split(",")):
-        media, *params = [p.strip() for p in item.split(";")]
-        q = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if q > 0:
-            ranked.append((-q, order, media.lower()))
-    for _, _, media in sorted(ranked):
+    ranked = sorted((-q, order, media) for order, (media, q) in enumerate(media_ranges(accept)) if q > 0)
+    for _, _, media in ranked:
         if media in FORMATS:
             return FORMATS[media]
     return "sse"
