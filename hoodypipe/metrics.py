@@ -31,9 +31,11 @@ class Metrics:
         self.registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
-        transfers = CounterMetricFamily("hoodypipe_transfers", "Transfers ended, by outcome", labels=["outcome"])
+        transfers = CounterMetricFamily(
+            "hoodypipe_transfers", "Transfers ended, by kind and outcome", labels=["kind", "outcome"]
+        )
         for outcome, count in sorted(self.pipes.outcomes.items()):
-            transfers.add_metric([outcome], count)
+            transfers.add_metric(["pipe", outcome], count)  # live and ws transfers are still to come
         yield transfers
         yield CounterMetricFamily(
             "hoodypipe_relayed_bytes", "Bytes relayed by ended transfers", value=self.pipes.bytes_relayed
@@ -49,6 +51,7 @@ class Metrics:
         yield GaugeMetricFamily(
             "hoodypipe_retained_finals", "Finished transfers' final states in this process", value=len(self.hub.finals)
         )
+        yield GaugeMetricFamily("hoodypipe_receipts", "Receipts kept in this process", value=len(self.hub.receipts))
         store = self.hub.store
         errors = CounterMetricFamily(
             "hoodypipe_store_errors", "Failures of the retained-state store, by operation", labels=["operation"]

@@ -18,7 +18,8 @@ def test_metrics_count_transfers_bytes_rejections_and_gauges():
     got = d.receiver("/api/v1/pipe/metrics").response()
     assert got.status == 200 and got.headers["content-type"].startswith("text/plain")
     text = got.body.decode()
-    assert 'hoodypipe_transfers_total{outcome="complete"} 1.0' in text
+    assert 'hoodypipe_transfers_total{kind="pipe",outcome="complete"} 1.0' in text
+    assert "hoodypipe_receipts 0.0" in text
     assert "hoodypipe_relayed_bytes_total 10.0" in text
     assert 'hoodypipe_rejections_total{status="400"} 1.0' in text
     assert "hoodypipe_pending_pipes 1.0" in text and "hoodypipe_active_pipes 0.0" in text
