@@ -3,10 +3,14 @@
 
 One hoodypipe daemon (`--max-connections-per-address 10000
 --max-waiting-per-address 10000`, RLIMIT_NOFILE raised; the limit is
-inherited by every child).  A load process (asyncio, raw sockets) runs
---pipes live transfers for the whole benchmark: per pipe a receiver
-(`GET`, reads and discards) and a sender (chunked `PUT`) paced at --rate
-bytes/s, with a per-pipe pattern that the receiver checks byte for byte.
+inherited by every child).  Every pipe's parties and each spectator come
+from a loopback source address of their own, spread over 127.0.0.2-250 (no
+two spectators of a pipe share one): the daemon gives one client address at
+most 90% of a cap, e.g. 45 of a name's 50 spectator slots (docs/fairness.md).
+A load process (asyncio, raw sockets) runs --pipes live transfers for the
+whole benchmark: per pipe a receiver (`GET`, reads and discards) and a
+sender (chunked `PUT`) paced at --rate bytes/s, with a per-pipe pattern
+that the receiver checks byte for byte.
 The same transfers are measured in three phases of --seconds each:
 
   a1  transfers only
@@ -93,6 +97,8 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_ has the sa
 TIMESPEC = struct.Struct("@qq")
 ANCILLARY_SIZE = socket.CMSG_SPACE(TIMESPEC.size)
 ELAPSED = re.compile(rb'"elapsed":([0-9.eE+-]+)')
+# Loopback source addresses: each a client of its own to the daemon's fair shares.
+SOURCES = ["127.0.0.%d" % k for k in range(2, 251)]
 
 
 # --- HTTP client side (used by the client processes) ---------------------------
@@ -240,13 +246,17 @@ async def load_role(cfg):
     """Paced transfers; commands: `stat` -> byte counts, `stop` -> end and verify."""
     loop = asyncio.get_running_loop()
     pipes = []
-    for name in cfg["names"]:
+    for i, name in enumerate(cfg["names"]):
         pattern = Pattern(name)
+        source = (SOURCES[i % len(SOURCES)], 0)
         _, receiver = await loop.create_connection(
-            lambda name=name, pattern=pattern: Receiver(name, pattern), HOST, cfg["port"]
+            lambda name=name, pattern=pattern: Receiver(name, pattern), HOST, cfg["port"], local_addr=source
         )
         _, sender = await loop.create_connection(
-            lambda name=name, pattern=pattern: Sender(name, pattern, cfg["rate"]), HOST, cfg["port"]
+            lambda name=name, pattern=pattern: Sender(name, pattern, cfg["rate"]),
+            HOST,
+            cfg["port"],
+            local_addr=source,
         )
         pipes.append((name, sender, receiver, loop.create_task(sender.pace())))
     try:
@@ -287,8 +297,9 @@ class Spectator:
     the client's own event loop was doing then.
     """
 
-    def __init__(self, name, pipe, index, recorder, gate, streaming_at):
+    def __init__(self, name, pipe, index, recorder, gate, streaming_at, source):
         self.streaming_at = streaming_at
+        self.source = source
         self.request = request("GET", PIPE_PREFIX + name + "?progress", {"Accept": "text/event-stream"})
         self.pipe = pipe
         self.index = index
@@ -309,6 +320,7 @@ class Spectator:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         try:
+            sock.bind((self.source, 0))
             await loop.sock_connect(sock, (HOST, port))
             await loop.sock_sendall(sock, self.request)
         except OSError as e:
@@ -440,7 +452,9 @@ async def spectators_role(cfg):
                 await asyncio.wait_for(gate.acquire(), 30)
             except TimeoutError:
                 break  # streams not answered; reported as not ready
-            spectator = Spectator(name, pipe, index, recorder, gate, streaming_at)
+            # A pipe's spectators come from distinct addresses (per_pipe <= 50 < len(SOURCES)).
+            source = SOURCES[(pipe * cfg["per_pipe"] + index) % len(SOURCES)]
+            spectator = Spectator(name, pipe, index, recorder, gate, streaming_at, source)
             spectators.append(spectator)
             opening.append(asyncio.create_task(spectator.open(cfg["port"])))
     try:

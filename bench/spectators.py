@@ -9,7 +9,9 @@ from starting the first curl until all have exited, the curls must exit 0
 with a 2xx status and the receiver must report exactly --size bytes.
 
 A stalled spectator (run B) is a raw socket with a small SO_RCVBUF (set
-before connecting) that sends
+before connecting), bound to a loopback source address of its own
+(127.0.0.2, 127.0.0.3, ...: the daemon gives one client address at most 90%
+of a name's spectator slots, docs/fairness.md), that sends
   GET /api/v1/pipe/NAME?progress HTTP/1.1 / Host: x / Accept: text/event-stream
 on the run's pipe name and never reads.  All of them are open and answered
 (`HTTP/1.1 200`, seen with MSG_PEEK) before the transfer starts and stay open
@@ -67,6 +69,9 @@ from tests.support.httpwire import BadMessage, request, status_code
 
 RATIO_TARGET = 0.95
 WARMUP_SIZE = 64 * MIB
+# Each spectator is a client of its own: one address may hold only 90% of a
+# name's --max-spectators (hoodypipe/fairshare.py).
+SOURCES = ["127.0.0.%d" % k for k in range(2, 251)]
 
 
 def spectator_request(name):
@@ -81,11 +86,12 @@ def open_stalled(port, name, count, rcvbuf, timeout=10.0):
     """`count` spectators of `name` that never read; returns once all are answered."""
     socks = []
     try:
-        for _ in range(count):
+        for i in range(count):
             s = socket.socket()
             socks.append(s)
             # Before connect(), so that the advertised window is small from the start.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            s.bind((SOURCES[i % len(SOURCES)], 0))
             s.settimeout(timeout)
             s.connect((HOST, port))
             s.sendall(spectator_request(name))
@@ -120,7 +126,7 @@ def open_stalled(port, name, count, rcvbuf, timeout=10.0):
 
 
 def daemon_send_queues(port):
-    """{client port: tx_queue bytes} of the daemon's established sockets on `port`."""
+    """{client (address, port): tx_queue bytes} of the daemon's established sockets on `port`."""
     queues = {}
     with open("/proc/net/tcp") as f:
         next(f)
@@ -128,7 +134,10 @@ def daemon_send_queues(port):
             fields = line.split()
             local, remote, state = fields[1], fields[2], fields[3]
             if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
-                queues[int(remote.rsplit(":", 1)[1], 16)] = int(fields[4].split(":")[0], 16)
+                address, _, remote_port = remote.partition(":")
+                # /proc/net/tcp prints the address as one 32-bit word in host byte order.
+                client = (socket.inet_ntoa(struct.pack("=I", int(address, 16))), int(remote_port, 16))
+                queues[client] = int(fields[4].split(":")[0], 16)
     return queues
 
 
@@ -139,7 +148,7 @@ def stuck_bytes(port, socks):
         buf = fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0\0\0\0")
         unread.append(struct.unpack("i", buf)[0])
     queues = daemon_send_queues(port)
-    sent = [queues.get(s.getsockname()[1], 0) for s in socks]
+    sent = [queues.get(s.getsockname(), 0) for s in socks]
     return max(unread), max(sent)
 
 
