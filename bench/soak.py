@@ -8,15 +8,27 @@ it arrives (a prefix of a broken download is checked too) and the sha256 of
 every clean end. The bytes are slices of one random pool. A share of the
 transfers (--fault-rate) gets one fault: the sender hangs up (FIN) or resets
 (RST) mid-body, a receiver hangs up or resets, or a receiver stops reading
-for longer than the idle timeout. Afterwards the harness checks that the
-``done`` event and ``?status`` agree with what the parties saw, that the
-outcome is one the fault allows, and that the sender was told.
+for longer than the idle timeout; or one of issue 9's sly clients: a sender
+that half-closes (shutdown(SHUT_WR)) after its whole body, while it waits or
+once it streams (it must be delivered and told `[INFO] Transfer complete.`),
+a waiting receiver that pipelines more than 16 KiB of another request behind
+its GET and closes (its slot must be free at once), a sender that trickles
+below --min-rate (it must fail as `Idle timeout`). Afterwards the harness
+checks that the ``done`` event and ``?status`` agree with what the parties
+saw, that the outcome is one the fault allows, and that the sender was told.
+Each pipe's parties connect from a loopback address of their own
+(127.0.0.2-250, in turn), so the daemon's per-client shares (docs/fairness.md)
+see many clients, as they would in use.
 
 Every 10 s one line: elapsed, transfers done, bytes moved, corruptions,
 failures by kind, daemon RSS. At the end: totals, corruptions, leaks
 (registry gauges after quiesce, fds and RSS at the end vs the start), and the
 RSS curve. Exit status 1 on any corruption, silent truncation, side-channel
 or party mismatch, hung transfer, leak or daemon traceback.
+
+Findings are counted by kind, and the problems (up to 30) are listed with
+their plans (fault, variant, sizes, seed of the run): a failing pipe is
+replayed with the same --seed.
 
 Examples:
   bench/soak.py                       # 10 minutes, 200 concurrent pipes
@@ -41,10 +53,12 @@ from _common import (
     start_hoodypipe,
 )
 
-from tests.support.faults import PREFIX, PipeRun, Plan, Target, check, metrics
+from tests.support.faults import PREFIX, SLY_FAULTS, PipeRun, Plan, Target, check, metrics, shape
 from tests.support.httpwire import exchange, request
 
-FAULTS = ("sender_close", "sender_rst", "receiver_close", "receiver_rst", "receiver_stall")
+FAULTS = ("sender_close", "sender_rst", "receiver_close", "receiver_rst", "receiver_stall", *SLY_FAULTS)
+# Every pipe's parties come from one of these in turn: each is a client of its own.
+SOURCES = [f"127.0.0.{k}" for k in range(2, 251)]
 GAUGES = ("hoodypipe_pending_pipes", "hoodypipe_active_pipes", "hoodypipe_spectators")
 
 
@@ -61,8 +75,18 @@ class Totals:
         self.refusals = collections.Counter()  # receivers refused (HTTP status)
         self.unexpected = 0  # failed transfers without an injected fault
         self.examples = []
+        self.findings = collections.Counter()  # (kind, fault/variant) of every finding
+        self.shown = collections.Counter()  # examples kept by (kind, fault/variant)
+        self.freed = []  # receiver_pipelines_leaves: seconds from its close to its slot free
+        self.half_closed_waiting = collections.Counter()  # sender_half_close paused/one_write: True/False
 
-    def problem(self, text):
+    def problem(self, text, group=None):
+        """Keep up to 30 examples, at most 5 of one (finding kind, fault), so that a rare
+        problem shows next to a frequent one."""
+        if group is not None:
+            self.shown[group] += 1
+            if self.shown[group] > 5:
+                return
         if len(self.examples) < 30:
             self.examples.append(text)
 
@@ -74,14 +98,20 @@ class Totals:
         self.done += 1
         self.bytes += sum(r.got for r in out.receivers)
         if plan.fault != "none":
-            self.faults[plan.fault] += 1
+            self.faults[plan.fault + ("/" + plan.variant if plan.variant else "")] += 1
+        if out.freed_after is not None:
+            self.freed.append(out.freed_after)
+        if out.half_closed_waiting is not None:
+            self.half_closed_waiting[out.half_closed_waiting] += 1
         if state == "failed":
             self.failures[reason] += 1
             self.unexpected += plan.fault == "none"
         for r in out.receivers:
             if r.status not in (None, 200):
                 self.refusals[r.status] += 1
+        fault = plan.fault + ("/" + plan.variant if plan.variant else "")
         for finding in check(out):
+            self.findings[(finding.kind, fault)] += 1
             if finding.kind == "refused":
                 continue  # counted above: the caps, not the contract
             if finding.kind == "corruption":
@@ -92,7 +122,7 @@ class Totals:
                 self.hung += 1
             else:
                 self.mismatches += 1
-            self.problem(f"{plan.describe()}: {finding}")
+            self.problem(f"{plan.describe()}: {finding}", (finding.kind, fault))
 
 
 def soak_plan(args, rng, index):
@@ -114,7 +144,7 @@ def soak_plan(args, rng, index):
         at = min(at, size // 4)
     elif fault.startswith("receiver"):
         at = max(1, at // 2)  # as the fault tests place it: while the others still read
-    return Plan(
+    plan = Plan(
         index=index,
         name=f"soak-{index}-{rng.getrandbits(32):08x}",
         size=size,
@@ -127,6 +157,7 @@ def soak_plan(args, rng, index):
         chunked=rng.random() < 0.6,
         victim=rng.randrange(n),
     )
+    return shape(rng, plan)  # the issue 9 faults' sizes and variants
 
 
 def health(target):
@@ -232,7 +263,7 @@ def run(args):
                 stall = 3 * args.idle_timeout + 2 if plan.fault == "receiver_stall" else 0
                 timeout = 90 + plan.size / (2 * MIB) + stall
                 pipe = PipeRun(
-                    target,
+                    Target(HOST, port, SOURCES[index % len(SOURCES)]),
                     plan,
                     random.Random(rng.getrandbits(64)),
                     data=pool[offset : offset + plan.size],
@@ -300,6 +331,22 @@ def run(args):
         f"failures by reason: {dict(sorted(totals.failures.items()))}; failed without a fault: {totals.unexpected}; "
         f"parties refused: {dict(totals.refusals)}"
     )
+    if totals.freed:
+        freed = sorted(totals.freed)
+        print(
+            f"waiting receivers that pipelined and closed: {len(freed)}, slot free after "
+            f"median {statistics.median(freed) * 1000:.0f} ms, max {freed[-1] * 1000:.0f} ms"
+        )
+    if totals.half_closed_waiting:
+        print(
+            f"senders that half-closed while waiting: {sum(totals.half_closed_waiting.values())}, "
+            f"still waiting for their receivers 0.1 s after it: {totals.half_closed_waiting[True]}"
+        )
+    if totals.findings:
+        print(
+            "findings by kind and fault: "
+            + ", ".join(f"{kind} {fault}: {count}" for (kind, fault), count in sorted(totals.findings.items()))
+        )
     print(
         f"corruptions: {totals.corruptions}; clean ends after partial data: {totals.truncations}; "
         f"side-channel or party mismatches: {totals.mismatches}; hung: {totals.hung}; daemon tracebacks: {tracebacks}"

@@ -9,6 +9,12 @@ and the daemon's RSS is back near its baseline.
 
 The random plan comes from one seeded ``random.Random``: the seed is printed, and
 ``HOODYPIPE_FAULT_SEED=<seed>`` replays it.
+
+The plans include issue 9's sly clients (a sender half-closing after its whole body, a
+waiting receiver that pipelined > 16 KiB and closed, a sender trickling below --min-rate).
+Two ways of half-closing are known to fail against the daemon today (``HALF_CLOSE_BUGS``):
+they are left out of the random plans and expected to fail, strictly, in their own test, so
+that the day the daemon delivers them that test says so and they join the plans.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import pytest
 
 from tests.support.faults import (
     BROKEN_CURL,
+    HALF_CLOSE_VARIANTS,
     IDLE_TIMEOUT,
     PREFIX,
     CurlReceiver,
@@ -32,6 +39,7 @@ from tests.support.faults import (
     MiB,
     Party,
     PipeRun,
+    Plan,
     RawReceiver,
     RawSender,
     Spectator,
@@ -55,6 +63,22 @@ from ._helpers import fetch, wait_for
 PIPES = 60
 ROUNDS = 3
 CAPS = ("--max-connections-per-address", "2048", "--max-waiting-per-address", "2048")
+# Half-closing senders the daemon does not deliver yet (found by these faults; see
+# tests/support/faults.py HALF_CLOSE_VARIANTS): out of the random plans until it does.
+HALF_CLOSE_BUGS = {
+    "one_write": (
+        "daemon bug: a sender whose whole body (up to ~64 KiB, or none) came in one write with its "
+        "head and that then half-closes while it waits is taken for gone (Sender.hung_up aborts it: "
+        "no status line, its name freed, its receivers time out with 408)"
+    ),
+    "streaming": (
+        "daemon bug: a streaming sender that half-closes after its whole body (nc -N) is aborted "
+        "when the relay pauses its socket with the FIN already queued behind unread bytes "
+        "(the hang-up watch takes it for gone: Sender disconnected, receivers reset), or, delivered, "
+        "is reset after 'Upload complete.' and never reads 'Transfer complete.'"
+    ),
+}
+PLANNED_HALF_CLOSES = tuple(v for v in HALF_CLOSE_VARIANTS if v not in HALF_CLOSE_BUGS)
 
 
 def _seed() -> int:
@@ -67,7 +91,7 @@ def _seed() -> int:
 
 def run_round(daemon, rng: random.Random, first_index: int, count: int) -> tuple[list[PipeRun], float, int]:
     """``count`` pipes at once; returns the runs, the elapsed time and the daemon's peak RSS."""
-    runs = [PipeRun(daemon, make_plan(rng, first_index + i), rng) for i in range(count)]
+    runs = [PipeRun(daemon, make_plan(rng, first_index + i, PLANNED_HALF_CLOSES), rng) for i in range(count)]
     started = time.monotonic()
     peak = daemon.rss()
     for run in runs:
@@ -136,6 +160,61 @@ def test_chaos_of_concurrent_transfers_with_random_faults(daemon_factory):
         f"RSS {baseline / MiB:.1f} -> peak {peak / MiB:.1f} -> {end / MiB:.1f} MiB"
     )
     assert end - baseline < 40 * MiB, f"RSS {end / MiB:.1f} MiB after, {baseline / MiB:.1f} MiB before"
+    assert_no_traceback(daemon)
+
+
+HALF_CLOSE_SIZES = {
+    "paused": (1, 1000, 40_000, 90_000),
+    "one_write": (0, 1, 1000, 16_000),
+    "streaming": (24 * MiB,) * 4,  # the bug shows in most runs of this size: one of four is enough
+}
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        pytest.param(v, marks=pytest.mark.xfail(strict=True, reason=HALF_CLOSE_BUGS[v])) if v in HALF_CLOSE_BUGS else v
+        for v in HALF_CLOSE_VARIANTS
+    ],
+)
+def test_a_sender_that_half_closes_after_its_whole_body_is_delivered(daemon_factory, variant):
+    """``shutdown(SHUT_WR)`` after the whole body (``nc -N``): while the sender waits for its
+    receivers ("paused": the FIN behind bytes the daemon has not read; "one_write": head, body
+    and FIN at once), or once it streams to receivers that came first ("streaming"). Each is a
+    valid client: its receivers get every byte and its last line is ``Transfer complete``."""
+    seed = _seed()
+    print(f"\nfault seed {seed}")
+    rng = random.Random(seed)
+    daemon = daemon_factory("--wait-timeout", "5", *CAPS)
+    runs = []
+    for i, size in enumerate(HALF_CLOSE_SIZES[variant]):
+        n = rng.choice((1, 2))
+        plan = Plan(
+            index=i,
+            name=f"halfclose-{variant}-{i}-{rng.getrandbits(32):08x}",
+            size=size,
+            n=n,
+            fault="sender_half_close",
+            at=size,
+            receivers_first=variant == "streaming",
+            curl_sender=False,
+            curl_receivers=[False] * n,
+            chunked=i % 2 == 0,
+            variant=variant,
+        )
+        runs.append(PipeRun(daemon, plan, rng, timeout=30))
+    for run in runs:
+        run.thread.start()
+    failures = []
+    for run in runs:
+        run.thread.join(60)
+        problems = check(run.outcome)
+        if run.outcome.half_closed_waiting is False:
+            problems.append("0.1 s after its half-close, the pipe no longer waited with it as its sender")
+        if problems:
+            failures.append(f"{run.plan.describe()}:\n    " + "\n    ".join(problems))
+    assert not failures, f"seed {seed}: {len(failures)} half-closing sender(s) not delivered:\n" + "\n".join(failures)
+    wait_registry_empty(daemon)
     assert_no_traceback(daemon)
 
 

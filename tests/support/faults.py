@@ -16,6 +16,15 @@ and bench/soak.py (the same pipes, for minutes). The contract checked (DESIGN.md
 A party is a thread driving one connection (raw sockets through tests/support/httpwire.py, or
 curl through tests/e2e/_helpers.py); ``PipeRun`` runs one ``Plan`` (sizes, n, who comes first,
 which fault where) and ``check`` lists its ``Finding``s.
+
+The faults of issue 9 ("one client must not hurt everyone") are clients that are valid, slow or
+sly rather than broken: a sender that half-closes (``shutdown(SHUT_WR)``) after its whole body
+while it waits for its receivers (or once it streams), which must be delivered; a waiting receiver that pipelines more
+than 16 KiB of another request behind its GET and closes, whose slot must be freed at once; a
+sender that trickles below ``--min-rate``, which must fail visibly as ``Idle timeout``.
+
+A ``Target`` with a ``source`` address makes every raw-socket party of a run connect from it
+(another loopback address, 127.0.0.N, is another client to the daemon's fair shares).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import hashlib
 import json
 import random
 import re
+import select
 import socket
 import struct
 import threading
@@ -38,12 +48,14 @@ from tests.e2e._sidechannel import SSEParser
 from .httpwire import LAST_CHUNK, Broken, Connection, chunk, request
 
 MiB = 1024 * 1024
-
-MiB = 1024 * 1024
 PREFIX = "/api/v1/pipe/"
 IDLE_TIMEOUT = 2  # the daemon's --idle-timeout that the stalls are sized for, unless told
+# A waiting receiver that pipelined behind its GET and left: its slot must be free this soon.
+FREED_WITHIN = 2.0
+PIPELINED_AT_LEAST = 16 * 1024  # what such a receiver pipelines behind its GET, at least
 # curl's exit codes for a download cut short: partial file, receive error.
 BROKEN_CURL = {18, 56}
+CURL_REFUSED = 22  # curl --fail: the answer was an HTTP error
 REASONS = {
     "Sender disconnected",
     "All receivers disconnected",
@@ -63,10 +75,12 @@ SENDER_LINE = {
 
 @dataclass
 class Target:
-    """Where a daemon listens: what the parties need (the tests' Daemon does as well)."""
+    """Where a daemon listens: what the parties need (the tests' Daemon does as well), and the
+    address raw-socket parties connect from (None: the kernel's choice)."""
 
     host: str
     port: int
+    source: str | None = None
 
     def url(self, name: str, query: str = "") -> str:
         return f"http://{self.host}:{self.port}{PREFIX}{name}" + (f"?{query}" if query else "")
@@ -99,7 +113,13 @@ def reset(sock: socket.socket) -> None:
 
 
 def connect(daemon, rcvbuf: int | None = None, timeout: float = 30) -> Connection:
-    return Connection(daemon.host, daemon.port, timeout, rcvbuf=rcvbuf)
+    return Connection(daemon.host, daemon.port, timeout, rcvbuf=rcvbuf, source=getattr(daemon, "source", None))
+
+
+def curl_source(daemon) -> list[str]:
+    """curl's options to connect from the target's source address, if it has one."""
+    source = getattr(daemon, "source", None)
+    return ["--interface", source] if source else []
 
 
 def http_request(method: str, target: str, daemon, headers: dict[str, str] | None = None) -> bytes:
@@ -225,7 +245,8 @@ class RawReceiver(Party):
 
 
 class CurlReceiver(Party):
-    """``curl URL``; ``kill_at`` bytes SIGKILLs it (driven by the pipe's fault thread)."""
+    """``curl --fail URL``; ``kill_at`` bytes SIGKILLs it (driven by the pipe's fault thread).
+    A refusal (an HTTP error status) is curl's exit status 22, not a body to check."""
 
     role = "receiver"
 
@@ -237,7 +258,7 @@ class CurlReceiver(Party):
         self.alive_when_killed = False
 
     def run(self) -> None:
-        self.curl = curl_receiver(self.daemon.url(self.name, f"n={self.n}"), keep=True)
+        self.curl = curl_receiver(self.daemon.url(self.name, f"n={self.n}"), "--fail", *curl_source(self.daemon))
         self.curl.wait(90)
 
     def started(self) -> Curl:
@@ -258,13 +279,27 @@ class CurlReceiver(Party):
         return self.curl.nbytes if self.curl else 0
 
 
+# The sender actions injected at ``at`` bytes of the body.
+MID_BODY = ("close", "rst", "malformed", "trickle")
+
+
 class RawSender(Party):
     """A PUT over a raw socket: chunked or with ``Content-Length``.
 
     With ``wait_streaming`` the body is held back until the daemon says
     ``Streaming``, so that ``at`` counts bytes of a running transfer. ``action``
     at ``at`` bytes: "close" (FIN), "rst", "malformed" (a bad chunk-size line),
-    "leave" (hang up while still waiting for receivers).
+    "leave" (hang up while still waiting for receivers), "trickle" (from there on
+    one byte every ``trickle_every`` seconds, until the daemon answers or
+    ``trickle_for`` seconds pass, then the rest at once). "half_close" (at the end
+    of the body): ``shutdown(SHUT_WR)``, then read the status lines; ``body_sent``
+    is set then. A half-closing or trickling sender is a valid client: it is told
+    how its transfer ended, like any other (``faulted`` stays False).
+
+    ``hold_until`` (a line's start, e.g. "[INFO] Waiting") holds the body back
+    until that line was read (``wait_streaming`` means "[INFO] Streaming");
+    ``one_write`` sends the head and the whole body, terminator included, in one
+    ``sendall``, so the daemon may read it all with the head.
     """
 
     role = "sender"
@@ -281,11 +316,19 @@ class RawSender(Party):
         at: int = 0,
         wait_streaming: bool = True,
         headers: dict[str, str] | None = None,
+        trickle_every: float = 0.5,
+        trickle_for: float = 30.0,
+        hold_until: str | None = None,
+        one_write: bool = False,
     ) -> None:
         super().__init__()
         self.daemon, self.name, self.n, self.data = daemon, name, n, memoryview(data)
         self.chunked, self.action, self.at = chunked, action, at
-        self.wait_streaming = wait_streaming
+        self.hold_until = hold_until or ("[INFO] Streaming" if wait_streaming else None)
+        self.one_write = one_write
+        self.trickle_every, self.trickle_for = trickle_every, trickle_for
+        self.trickled = 0  # bytes sent one by one
+        self.body_sent = threading.Event()
         self.extra_headers = headers or {}
         self.steps = self._steps(rng, len(data))
         self.status: int | None = None
@@ -307,9 +350,15 @@ class RawSender(Party):
 
     @property
     def faulted(self) -> bool:
-        return self.acted
+        return self.acted and self.action not in ("half_close", "trickle")
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.body_sent.set()
+
+    def _run(self) -> None:
         wire = connect(self.daemon, timeout=60)
         sock = wire.sock
         buffer = bytearray()
@@ -318,11 +367,18 @@ class RawSender(Party):
             headers["Transfer-Encoding" if self.chunked else "Content-Length"] = (
                 "chunked" if self.chunked else str(len(self.data))
             )
-            sock.sendall(http_request("PUT", f"{PREFIX}{self.name}?n={self.n}", self.daemon, headers))
-            if self.wait_streaming or self.action == "leave":
+            head = http_request("PUT", f"{PREFIX}{self.name}?n={self.n}", self.daemon, headers)
+            steps = self.steps
+            if self.one_write:
+                body = self._frame(self.data) if self.data else b""
+                sock.sendall(head + body + (LAST_CHUNK if self.chunked else b""))
+                self.sent, steps = len(self.data), []
+            else:
+                sock.sendall(head)
+            if self.hold_until is not None or self.action == "leave":
                 self.status = wire.read_head().status
                 assert self.status == 200, f"sender got {self.status}"
-                want = "[INFO] Waiting" if self.action == "leave" else "[INFO] Streaming"
+                want = "[INFO] Waiting" if self.action == "leave" else self.hold_until
                 self._read_lines_until(wire, buffer, want)
                 if self.action == "leave":
                     self.said_waiting.set()
@@ -331,8 +387,8 @@ class RawSender(Party):
                     self.acted = True
                     reset(sock) if self.at % 2 else sock.close()
                     return
-            for step in self.steps:
-                if self.action and not self.acted and self.sent + step > self.at:
+            for step in steps:
+                if self.action in MID_BODY and not self.acted and self.sent + step > self.at:
                     part = self.at - self.sent
                     if part:
                         sock.sendall(self._frame(self.data[self.sent : self.sent + part]))
@@ -348,11 +404,20 @@ class RawSender(Party):
                     if self.action == "malformed":
                         sock.sendall(b"zz\r\nnot a chunk\r\n")
                         break
-                sock.sendall(self._frame(self.data[self.sent : self.sent + step]))
-                self.sent += step
+                    if self.action == "trickle" and self._trickle(sock):
+                        break  # the daemon answered: read what it said
+                # What is left of the step (a trickle took some of it); never an empty chunk.
+                step = min(step, len(self.data) - self.sent)
+                if step:
+                    sock.sendall(self._frame(self.data[self.sent : self.sent + step]))
+                    self.sent += step
             else:
-                if self.chunked:
+                if self.chunked and not self.one_write:
                     sock.sendall(LAST_CHUNK)
+                if self.action == "half_close":
+                    sock.shutdown(socket.SHUT_WR)  # nc -N: all sent, nothing more to say
+                    self.acted = True
+                self.body_sent.set()
             if self.status is None:
                 self.status = wire.read_head().status
             try:
@@ -373,6 +438,18 @@ class RawSender(Party):
 
     def _frame(self, piece: memoryview) -> bytes:
         return chunk(piece) if self.chunked else bytes(piece)
+
+    def _trickle(self, sock: socket.socket) -> bool:
+        """One byte every ``trickle_every`` s; True once the daemon says something (or hangs
+        up), False after ``trickle_for`` s without a word (the caller sends the rest)."""
+        until = time.monotonic() + self.trickle_for
+        while self.sent < len(self.data) - 1 and time.monotonic() < until:
+            if select.select([sock], [], [], self.trickle_every)[0]:
+                return True
+            sock.sendall(self._frame(self.data[self.sent : self.sent + 1]))
+            self.sent += 1
+            self.trickled += 1
+        return bool(select.select([sock], [], [], 0)[0])
 
     def _read_lines_until(self, wire: Connection, buffer: bytearray, want: str | None) -> None:
         """Collect the sender's status lines; stop after one starting with ``want``."""
@@ -412,7 +489,7 @@ class CurlSender(Party):
         self.acted = False
 
     def run(self) -> None:
-        self.curl = Sender(self.daemon.url(self.name, f"n={self.n}"))
+        self.curl = Sender(self.daemon.url(self.name, f"n={self.n}"), *curl_source(self.daemon))
         if self.hold_back_from is None:
             self.curl.feed_async(self.data, close=True)
         else:
@@ -491,9 +568,20 @@ class StalledSpectator:
 
 SENDER_FAULTS = ("sender_kill_curl", "sender_close", "sender_rst", "sender_malformed")
 RECEIVER_FAULTS = ("receiver_kill_curl", "receiver_close", "receiver_rst", "receiver_stall", "all_receivers_close")
-WAITING_FAULTS = ("sender_leaves_waiting", "receiver_leaves_waiting", "receiver_resets_waiting")
+WAITING_FAULTS = (
+    "sender_leaves_waiting",
+    "receiver_leaves_waiting",
+    "receiver_resets_waiting",
+    "receiver_pipelines_leaves",
+)
 SIDE_FAULTS = ("spectator_stall", "spectator_reset")
-FAULTS = ("none",) * 6 + SENDER_FAULTS * 2 + RECEIVER_FAULTS * 2 + WAITING_FAULTS + SIDE_FAULTS
+# Issue 9: valid but sly clients. A sender that half-closes after its whole body while it
+# waits (delivered), a waiting receiver that pipelined > 16 KiB behind its GET and closes (its
+# slot freed at once), a sender trickling below --min-rate (fails as Idle timeout).
+SLY_FAULTS = ("sender_half_close", "sender_trickle", "receiver_pipelines_leaves")
+# Faults that need a raw-socket sender (curl cannot be told to do them).
+RAW_SENDER_FAULTS = ("sender_close", "sender_rst", "sender_malformed", "sender_leaves_waiting", *SLY_FAULTS[:2])
+FAULTS = ("none",) * 6 + SENDER_FAULTS * 2 + RECEIVER_FAULTS * 2 + WAITING_FAULTS + SIDE_FAULTS + SLY_FAULTS * 2
 
 
 @dataclass
@@ -509,18 +597,60 @@ class Plan:
     curl_receivers: list[bool]
     chunked: bool
     victim: int = 0  # which receiver the receiver faults hit
+    variant: str = ""  # how an issue 9 fault goes about it (see shape)
 
     def describe(self) -> str:
         kinds = "".join("c" if c else "r" for c in self.curl_receivers)
         return (
-            f"#{self.index} {self.name} size={self.size} n={self.n} fault={self.fault}@{self.at} "
+            f"#{self.index} {self.name} size={self.size} n={self.n} fault={self.fault}@{self.at}"
+            f"{'/' + self.variant if self.variant else ''} "
             f"{'recv-first' if self.receivers_first else 'send-first'} "
             f"sender={'curl' if self.curl_sender else ('raw-chunked' if self.chunked else 'raw-fixed')} "
             f"receivers={kinds} victim={self.victim}"
         )
 
 
-def make_plan(rng: random.Random, index: int) -> Plan:
+# How a half-closing sender goes about it (``Plan.variant``):
+# - "paused": its head, then (once told it waits) its whole body and the half-close: the FIN
+#   comes behind bytes the daemon has not read;
+# - "one_write": head, whole body and half-close at once: the daemon may read the whole body
+#   with the head, and then sees the FIN;
+# - "streaming": its receivers are there first; its whole body (4-16 MiB) once it streams,
+#   then the half-close, which reaches the daemon behind what the relay has not read yet.
+HALF_CLOSE_VARIANTS = ("paused", "one_write", "streaming")
+# What a pipelining receiver sends behind its GET: a PUT to another name with its body, or a
+# GET with one long header.
+PIPELINE_VARIANTS = ("put", "get")
+
+
+def shape(rng: random.Random, plan: Plan, half_close: tuple[str, ...] = HALF_CLOSE_VARIANTS) -> Plan:
+    """Fit ``plan`` to its fault, if it is one of issue 9's (sizes, variant, order, raw
+    sender); any other plan is left as it is. ``half_close``: the variants to draw from."""
+    if plan.fault == "sender_half_close":
+        plan.variant = rng.choice(half_close)
+        if plan.variant == "streaming":
+            plan.size = rng.randrange(4 * MiB, 16 * MiB)
+        elif plan.variant == "paused":  # fits the socket buffers of a sender nobody reads yet
+            plan.size = rng.randrange(1, 96 * 1024)  # (0 bytes of a fixed length: no body to pause before)
+        else:
+            plan.size = rng.randrange(0, 96 * 1024)
+        plan.at = plan.size
+        plan.receivers_first = plan.variant == "streaming"
+    elif plan.fault == "sender_trickle":
+        # Up to 256 KiB at full speed, then more left than the trickle can send.
+        plan.at = rng.randrange(0, 256 * 1024)
+        plan.size = plan.at + rng.randrange(1024, 64 * 1024)
+    elif plan.fault == "receiver_pipelines_leaves":
+        plan.variant = rng.choice(PIPELINE_VARIANTS)
+        plan.at = rng.randrange(PIPELINED_AT_LEAST + 1, 4 * PIPELINED_AT_LEAST)  # bytes behind the GET
+    else:
+        return plan
+    if plan.fault in RAW_SENDER_FAULTS:
+        plan.curl_sender = False
+    return plan
+
+
+def make_plan(rng: random.Random, index: int, half_close: tuple[str, ...] = HALF_CLOSE_VARIANTS) -> Plan:
     n = rng.choice((1, 1, 2, 3))
     roll = rng.random()
     if roll < 0.1:
@@ -538,9 +668,7 @@ def make_plan(rng: random.Random, index: int) -> Plan:
     at = rng.randrange(0, size) if size else 0
     if fault in RECEIVER_FAULTS:
         at = max(1, at // 2)
-    curl_sender = fault == "sender_kill_curl" or (
-        fault not in SENDER_FAULTS and fault != "sender_leaves_waiting" and rng.random() < 0.4
-    )
+    curl_sender = fault == "sender_kill_curl" or (fault not in RAW_SENDER_FAULTS and rng.random() < 0.4)
     curl_receivers = [rng.random() < 0.3 for _ in range(n)]
     victim = rng.randrange(n)
     if fault == "receiver_kill_curl":
@@ -549,7 +677,7 @@ def make_plan(rng: random.Random, index: int) -> Plan:
         curl_receivers[victim] = False
     elif fault == "all_receivers_close":
         curl_receivers = [False] * n
-    return Plan(
+    plan = Plan(
         index=index,
         name=f"fault-{index}-{rng.getrandbits(40):010x}",
         size=size,
@@ -562,6 +690,7 @@ def make_plan(rng: random.Random, index: int) -> Plan:
         chunked=fault == "sender_malformed" or rng.random() < 0.6,
         victim=victim,
     )
+    return shape(rng, plan, half_close)
 
 
 @dataclass
@@ -575,6 +704,11 @@ class Outcome:
     stalled_spectator: StalledSpectator | None = None
     status: dict[str, Any] | None = None
     problems: list[Finding] = field(default_factory=list)
+    # receiver_pipelines_leaves: seconds from its close until the pipe had no receiver.
+    freed_after: float | None = None
+    # sender_half_close ("paused", "one_write"): whether the pipe still waited with it as its
+    # sender 0.1 s after its half-close (False too if it had not half-closed within 2 s).
+    half_closed_waiting: bool | None = None
 
     @property
     def done(self) -> dict[str, Any] | None:
@@ -649,6 +783,9 @@ class PipeRun:
             wait_for(lambda: self._status()["activeReceivers"] == 1, 10, f"{plan.name} to see a receiver")
             reset(sock)
             wait_for(lambda: self._status()["activeReceivers"] == 0, 10, f"{plan.name} to forget the receiver")
+        elif plan.fault == "receiver_pipelines_leaves":
+            if not self._pipelining_receiver_leaves():
+                return
         elif plan.fault == "receiver_leaves_waiting":
             early_curl = CurlReceiver(daemon, plan.name, plan.n, b"")
             out.first_parties.append(early_curl.start())
@@ -660,6 +797,8 @@ class PipeRun:
         parties: list[Party] = [*receivers, sender] if plan.receivers_first else [sender, *receivers]
         for party in parties:
             party.start()
+            if party is sender and plan.fault == "sender_half_close" and plan.variant != "streaming":
+                self._half_closed(sender)
             time.sleep(self.rng.random() * 0.05)
         self._inject(sender, receivers)
         deadline = time.monotonic() + self.timeout
@@ -669,6 +808,57 @@ class PipeRun:
         if not out.spectator.join(max(1.0, deadline - time.monotonic())):
             out.problems.append(Finding("side-channel", f"the spectator saw no done event within {self.timeout:.0f} s"))
         out.status = self._status()
+
+    def _pipelining_receiver_leaves(self) -> bool:
+        """A waiting receiver with more than 16 KiB of another request pipelined behind its
+        GET closes: the pipe must drop it at once (``FREED_WITHIN``), not at --wait-timeout."""
+        plan, out, daemon = self.plan, self.outcome, self.daemon
+        get = http_request("GET", f"{PREFIX}{plan.name}?n={plan.n}", daemon)
+        if plan.variant == "put":  # to another name, with its body
+            body = self.rng.randbytes(plan.at)
+            headers = {"Content-Length": str(len(body))}
+            behind = http_request("PUT", f"{PREFIX}{plan.name}-behind", daemon, headers) + body
+        else:  # a GET with a long header
+            pad = "p" * plan.at
+            behind = http_request("GET", f"{PREFIX}health", daemon, {"X-Pad": pad})
+        sock = connect(daemon).sock
+        try:
+            sock.sendall(get + behind)
+            wait_for(lambda: self._status()["activeReceivers"] == 1, 10, f"{plan.name} to see a receiver")
+        finally:
+            sock.close()
+        left = time.monotonic()
+        try:
+            wait_for(lambda: self._status()["activeReceivers"] == 0, 10, f"{plan.name} to forget the receiver")
+        except AssertionError:
+            out.problems.append(
+                Finding(
+                    "party",
+                    f"a waiting receiver that pipelined {plan.at} bytes and closed still holds its slot after 10 s",
+                )
+            )
+            return False
+        out.freed_after = time.monotonic() - left
+        if out.freed_after > FREED_WITHIN:
+            out.problems.append(
+                Finding(
+                    "party",
+                    f"a waiting receiver that pipelined {plan.at} bytes and closed held its slot "
+                    f"{out.freed_after:.2f} s more (at most {FREED_WITHIN:g} s)",
+                )
+            )
+        return True
+
+    def _half_closed(self, sender: Party) -> None:
+        """Let the half-closing sender send its body and shut down its side before the receivers
+        come (its body fits the socket buffers; if it does not, they come after 2 s)."""
+        assert isinstance(sender, RawSender)
+        if sender.body_sent.wait(2) and sender.acted:
+            time.sleep(0.1)  # the daemon sees the FIN
+            snap = self._status()
+            self.outcome.half_closed_waiting = snap["state"] == "waiting" and snap["hasSender"] is True
+        else:
+            self.outcome.half_closed_waiting = False
 
     def _receiver(self, i: int) -> Party:
         plan = self.plan
@@ -688,7 +878,18 @@ class PipeRun:
         if plan.curl_sender:
             hold = plan.at if plan.fault == "sender_kill_curl" else None
             return CurlSender(self.daemon, plan.name, plan.n, self.data, hold_back_from=hold)
-        action = {"sender_close": "close", "sender_rst": "rst", "sender_malformed": "malformed"}.get(plan.fault)
+        action = {
+            "sender_close": "close",
+            "sender_rst": "rst",
+            "sender_malformed": "malformed",
+            "sender_half_close": "half_close",
+            "sender_trickle": "trickle",
+        }.get(plan.fault)
+        if action == "half_close":
+            # Its whole body and the half-close: while it waits, or once it streams.
+            hold_until = {"paused": "[INFO] Waiting", "streaming": "[INFO] Streaming"}.get(plan.variant)
+        else:
+            hold_until = "[INFO] Streaming" if action is not None or self.rng.random() < 0.5 else None
         return RawSender(
             self.daemon,
             plan.name,
@@ -698,7 +899,12 @@ class PipeRun:
             self.rng,
             action,
             plan.at,
-            wait_streaming=action is not None or self.rng.random() < 0.5,
+            wait_streaming=False,
+            hold_until=hold_until,
+            one_write=action == "half_close" and plan.variant == "one_write",
+            # Below --min-rate (64 B/s by default) whatever the idle timeout: 4 bytes per timeout.
+            trickle_every=self.idle_timeout / 4,
+            trickle_for=3 * self.idle_timeout + 5,
         )
 
     def _inject(self, sender: Party, receivers: list[Party]) -> None:
@@ -740,8 +946,10 @@ def expected_outcomes(plan: Plan) -> set[tuple[str, str | None]]:
     """What a correct daemon may report for this plan."""
     complete = ("complete", None)
     fault, n = plan.fault, plan.n
-    if fault in ("none", *WAITING_FAULTS, *SIDE_FAULTS):
+    if fault in ("none", "sender_half_close", *WAITING_FAULTS, *SIDE_FAULTS):
         return {complete}
+    if fault == "sender_trickle":
+        return {("failed", "Idle timeout")}
     if fault == "sender_malformed":
         return {("failed", "Malformed upload")}
     if fault in SENDER_FAULTS:
@@ -823,6 +1031,9 @@ def check(out: Outcome) -> list[Finding]:
                 continue
             rc = curl.returncode
             got = curl.out
+            if rc == CURL_REFUSED:
+                add("refused", f"{who}: curl --fail exited {rc}: {curl.stderr.strip()}")
+                continue
             if got != data[: len(got)]:
                 add("corruption", f"{who}: CORRUPTION (curl got {len(got)} bytes that are not a prefix)")
             if rc == 0 and (len(got) != plan.size or curl.digest != full):
@@ -852,6 +1063,14 @@ def check(out: Outcome) -> list[Finding]:
             add("party", f"sender: curl exited {sender.curl.returncode}: {sender.curl.stderr.strip()}")
     if plan.fault == "sender_malformed" and sender is not None and sender.lines[-1:] != ["[ERROR] Malformed upload."]:
         add("party", f"malformed sender: last line {sender.lines[-1:]!r}, broken={sender.broken}")
+    if plan.fault == "sender_half_close" and isinstance(sender, RawSender) and sender.error is None:
+        if not sender.acted:
+            add("harness", f"the sender never half-closed (broken={sender.broken})")
+        elif sender.broken is not None:
+            add("party", f"half-closed sender: its response broke ({sender.broken}), lines {sender.lines}")
+    trickler = plan.fault == "sender_trickle" and isinstance(sender, RawSender)
+    if trickler and sender.error is None and not sender.acted:
+        add("harness", f"the sender never trickled (broken={sender.broken})")
     return problems
 
 
@@ -898,7 +1117,7 @@ def wait_registry_empty(daemon, timeout: float = 15) -> dict[str, float]:
 def outcomes_of(m: dict[str, float]) -> dict[str, float]:
     found = {}
     for key, value in m.items():
-        match = re.fullmatch(r'hoodypipe_transfers_total\{outcome="([^"]*)"\}', key)
+        match = re.fullmatch(r'hoodypipe_transfers_total\{kind="[^"]*",outcome="([^"]*)"\}', key)
         if match:
             found[match.group(1)] = value
     return found
