@@ -428,9 +428,10 @@ class Pipe:
                 self.relay.remove(receiver)  # the delivery poll, or the relay's flush, goes on
                 self._delivered += 1
                 return
-            if len(self.relay.receivers) == 1:
+            if len(self.relay.receivers) == 1 and not self._delivered:
                 # Fail before removing it: removing the last blocked receiver
-                # would look like a flushed, complete transfer.
+                # would look like a flushed, complete transfer. (If others
+                # already left with every byte, it was delivered to them.)
                 self._fail(
                     Reason.RECEIVERS_DISCONNECTED,
                     "All receivers disconnected before transfer completed",

@@ -334,3 +334,22 @@ def test_a_fast_receiver_that_closes_with_everything_while_a_slow_one_blocks_is_
     assert pipe.state is State.COMPLETE and slow.finished
     assert sender.lines[-1] == "[INFO] Transfer complete."
     assert sender.lines.count("[INFO] A receiver disconnected.") == 1
+
+
+def test_the_last_receiver_lost_after_others_left_with_everything_is_one_disconnected():
+    reg, clock, _ = registry(idle_timeout=8)
+    pipe = reg.add_sender("x", sender := FakeSender(n=3))
+    receivers = [FakeReceiver(n=3) for _ in range(3)]
+    for receiver in receivers:
+        reg.add_receiver("x", receiver)
+    pipe.data(b"payload")
+    receivers[2].producer.pauseProducing()  # the slow one
+    pipe.upload_complete()
+    for fast in receivers[:2]:
+        fast.had_everything = True
+        pipe.receiver_lost(fast)  # clients of a known length close once they have it all
+    receivers[2].unacked = 100
+    pipe.receiver_lost(receivers[2])  # then the slow one resets
+    clock.advance(1)
+    assert pipe.state is State.COMPLETE
+    assert sender.lines[-2:] == ["[INFO] A receiver disconnected.", "[INFO] Transfer complete."]
