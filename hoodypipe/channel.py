@@ -191,6 +191,8 @@ class PipeChannel(http.HTTPChannel):
     _pipelined = 0
     _refused_pipeline = False
     _unacknowledged_at_close: int | None = None
+    # The client half-closed (its whole body in): nothing more to read.
+    _read_closed = False
 
     # -- connection.Connection ----------------------------------------------------
 
@@ -214,7 +216,8 @@ class PipeChannel(http.HTTPChannel):
         self._transport().pauseProducing()
 
     def resume_reading(self) -> None:
-        self._transport().resumeProducing()
+        if not self._read_closed:  # a half-closed socket would only read its EOF again
+            self._transport().resumeProducing()
 
     def read_in(self, step: int) -> None:
         cast(Any, self._transport()).bufferSize = step
@@ -277,7 +280,7 @@ class PipeChannel(http.HTTPChannel):
             queued = 0
         return buffered + max(0, queued)
 
-    def hung_up(self) -> None:
+    def hung_up(self, reset: bool = False) -> None:
         """For the hang-up watch: the client left while twisted.web was not reading."""
         request = self.requests[0] if self.requests else None
         if request is not None and not (isinstance(request, PipeRequest) and request.sender is not None):
@@ -412,13 +415,22 @@ class PipeChannel(http.HTTPChannel):
 
     def readConnectionLost(self) -> None:
         """The client will send nothing more (its FIN)."""
+        if self._read_closed:
+            return
         request = self.requests[-1] if self.requests else None
         if self._linger is None and isinstance(request, PipeRequest) and request.keeps_half_open():
+            self._read_closed = True
             self.persistent = False  # answer it, then close
             return
         # The socket is still open: whether the client had everything can be told.
         self._unacknowledged_at_close = self.unacknowledged()
-        # What Twisted does for a protocol that cannot half-close.
+        if request is None or self._linger is not None:
+            # Between requests, or closing already: what was answered still goes out.
+            self._read_closed = True
+            self._transport().loseConnection()
+            return
+        # A request in progress whose client is gone: what Twisted does for a
+        # protocol that cannot half-close.
         self.abort()
 
     def writeConnectionLost(self) -> None:

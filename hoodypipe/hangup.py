@@ -37,12 +37,17 @@ INTERVAL = 1.0
 ENVIRONMENT = "HOODYPIPE_HANGUP"
 _POLL_HANGUP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 _EPOLL_HANGUP = getattr(select, "EPOLLRDHUP", 0) | getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
+# An RST (or an error) rather than a FIN: the connection is gone, not half-closed.
+_POLL_RESET = select.POLLHUP | select.POLLERR
+_EPOLL_RESET = getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
 
 
 class Watched(Protocol):
     def fileno(self) -> int | None: ...
 
-    def hung_up(self) -> None: ...
+    def hung_up(self, reset: bool = False) -> None:
+        """It hung up: ``reset`` for an RST or an error, else a FIN (maybe a half-close)."""
+        ...
 
 
 class HangupWatch(Protocol):
@@ -143,13 +148,13 @@ class EpollWatch:
         if self._epoll is None:
             return
         # Level-triggered: whatever is not taken out now is reported again.
-        for fd, _ in self._epoll.poll(0):
+        for fd, events in self._epoll.poll(0):
             watched = self._by_fd.get(fd)
             if watched is None:
                 self._unregister(fd)  # or it would keep waking the reactor
                 continue
             self.discard(watched)
-            watched.hung_up()
+            watched.hung_up(reset=bool(events & _EPOLL_RESET))
 
     def connectionLost(self, reason: Failure) -> None:
         # The reactor let go of us: it is shutting down, or doRead raised
@@ -192,10 +197,10 @@ class PollingWatch:
             if fd is not None and fd >= 0:
                 by_fd[fd] = watched
                 poller.register(fd, _POLL_HANGUP)
-        for fd, _ in poller.poll(0):
+        for fd, events in poller.poll(0):
             watched = by_fd[fd]
             self.discard(watched)
-            watched.hung_up()
+            watched.hung_up(reset=bool(events & _POLL_RESET))
 
 
 def socket_fileno(transport: object) -> int | None:

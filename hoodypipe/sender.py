@@ -186,7 +186,7 @@ class Sender:
     def body_complete(self) -> None:
         self.body_done = True
         if not self._waiting():
-            # A hang-up from here on is an ordinary close after a whole body.
+            # A hang-up from here on is read with the rest of the socket.
             self.hangups.discard(self)
         if self.phase is Phase.DRAINING:
             self._enter(Phase.DONE)
@@ -277,7 +277,9 @@ class Sender:
         if self.reading and not self.closed:
             self.reading = False
             self.connection.pause_reading()
-            if not self.body_done or self._waiting():
+            if self._waiting():
+                # Its name is held while it waits: notice if it leaves. (A
+                # streaming sender's hang-up is read when the relay resumes.)
                 self.hangups.add(self)
 
     def read_in(self, step: int) -> None:
@@ -311,22 +313,27 @@ class Sender:
     # -- for the hang-up watch -------------------------------------------------------
 
     def _waiting(self) -> bool:
-        # A sender still waiting for its receivers must be noticed leaving,
-        # even after its whole body arrived: it would hold the name.
-        return self.pipe is not None and self.pipe.state is State.WAITING
+        # Joining (the pipe pauses it before it is told its pipe) or waiting
+        # for its receivers: it holds the name.
+        return self.pipe is None or self.pipe.state is State.WAITING
 
     def fileno(self) -> int | None:
         return None if self.closed else self.connection.fileno()
 
-    def hung_up(self) -> None:
+    def hung_up(self, reset: bool = False) -> None:
         """The client went away (or half-closed) while we were not reading its
         socket, before its body ended or while it waits for receivers."""
-        if self.closed:
+        if reset and not self.closed:
+            self.connection.abort()  # an RST: gone, whatever it had sent
             return
-        if self._waiting() and not self.body_done and self._peeked is None:
+        if self.closed or self.body_done or not self._waiting():
+            # After its whole body, a FIN is a half-close (nc -N): valid, it is
+            # delivered. A streaming sender's rest is read when the relay resumes.
+            return
+        if self._peeked is None:
             # A FIN behind unread bytes: a sender that half-closed after its
-            # whole body (valid: it is delivered), or one that left. Read on to
-            # learn which: the end of its body, or the end of its connection.
+            # whole body, or one that left. Read on to learn which: the end of
+            # its body, or the end of its connection (see PipeChannel.readConnectionLost).
             self._peeked = 0
             self.resume_reading()
             return

@@ -72,7 +72,7 @@ class Party:
     def fileno(self) -> int | None:
         return self.sock.fileno() if self.sock.fileno() >= 0 else None
 
-    def hung_up(self) -> None:
+    def hung_up(self, reset: bool = False) -> None:
         self.hangups += 1
 
 
@@ -211,7 +211,7 @@ def test_no_socket_is_ignored(watch, reactor):
         def fileno(self) -> None:
             return None
 
-        def hung_up(self) -> None:
+        def hung_up(self, reset: bool = False) -> None:
             raise AssertionError("never watched")
 
     watch.add(InMemory())

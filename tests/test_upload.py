@@ -275,7 +275,7 @@ def test_a_waiting_sender_that_hangs_up_is_noticed_while_not_read():
         assert not sender.reading
         d.clock.advance(1)
         assert not sender.aborted  # still there
-        theirs.close()
+        theirs.shutdown(socket.SHUT_WR)  # a FIN (a close() of a unix socket would be a hang-up)
         d.clock.advance(1)
         # A FIN behind unread bytes: it is read on, to learn whether its body was whole.
         assert sender.reading and not sender.aborted
@@ -287,6 +287,7 @@ def test_a_waiting_sender_that_hangs_up_is_noticed_while_not_read():
     finally:
         del HalfCloseTransport.fileno
         ours.close()
+        theirs.close()
 
 
 def test_defer_header_holds_the_status_lines_until_the_body_is_in():
@@ -351,7 +352,7 @@ def test_a_hung_up_waiting_sender_is_read_at_most_a_megabyte():
         HalfCloseTransport.fileno = lambda self: ours.fileno()
         d = MemoryDaemon()
         sender = d.sender("/big")
-        theirs.close()
+        theirs.shutdown(socket.SHUT_WR)
         d.clock.advance(1)
         assert sender.reading
         for _ in range(17):
@@ -362,3 +363,23 @@ def test_a_hung_up_waiting_sender_is_read_at_most_a_megabyte():
     finally:
         del HalfCloseTransport.fileno
         ours.close()
+        theirs.close()
+
+
+def test_a_waiting_sender_reset_is_gone_at_once():
+    import socket
+
+    from tests.memhttp import HalfCloseTransport
+
+    ours, theirs = socket.socketpair()
+    try:
+        HalfCloseTransport.fileno = lambda self: ours.fileno()
+        d = MemoryDaemon()
+        sender = d.sender("/rst")
+        theirs.close()  # a hang-up, as an RST is
+        d.clock.advance(1)
+        assert sender.aborted  # gone, whatever it had sent
+    finally:
+        del HalfCloseTransport.fileno
+        ours.close()
+        theirs.close()
