@@ -269,6 +269,9 @@ def run(args):
                     data=pool[offset : offset + plan.size],
                     timeout=timeout,
                     idle_timeout=args.idle_timeout,
+                    # Under this load a ?status poll alone can take a second; the
+                    # daemon's --wait-timeout, the alternative, is 60 s.
+                    freed_within=5.0,
                 )
                 pipe.thread.start()
                 running.append((pipe, time.monotonic() + timeout + 30))
