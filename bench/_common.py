@@ -151,6 +151,13 @@ def wait_http_ok(child, port, path, timeout=15.0):
         time.sleep(0.1)
 
 
+def uncapped(n=4096):
+    """Daemon options that lift every per-address and daemon-wide cap to ``n``:
+    for scripts whose many clients all come from one address on purpose."""
+    caps = ("max-connections-per-address", "max-waiting-per-address", "max-pending", "max-active", "max-watched-paths")
+    return [arg for cap in caps for arg in ("--" + cap, str(n))]
+
+
 def start_hoodypipe(twistd, extra_args=(), **popen_kwargs):
     """Start the hoodypipe daemon on a port the kernel chooses (it says which in
     its --port-file); returns (Child, port)."""

@@ -38,7 +38,16 @@ import re
 import sys
 import time
 
-from _common import HEALTH_PATH, HOST, default_twistd, exit_on_sigterm, raise_fd_limit, rss_kib, start_hoodypipe
+from _common import (
+    HEALTH_PATH,
+    HOST,
+    default_twistd,
+    exit_on_sigterm,
+    raise_fd_limit,
+    rss_kib,
+    start_hoodypipe,
+    uncapped,
+)
 
 from tests.support.fuzzgrammar import (
     BAD_CHUNK_SIZES,
@@ -61,16 +70,7 @@ DAEMON_ARGS = [
     "2",
     "--idle-timeout",
     "2",
-    "--max-connections-per-address",
-    "4096",
-    "--max-waiting-per-address",
-    "4096",
-    "--max-pending",
-    "4096",
-    "--max-active",
-    "4096",
-    "--max-watched-paths",
-    "4096",
+    *uncapped(),
 ]
 LOG_ALARMS = re.compile(rb"Traceback|\[[^\]]*#critical\]|Unhandled [Ee]rror")
 

@@ -51,6 +51,7 @@ from _common import (
     raise_fd_limit,
     rss_kib,
     start_hoodypipe,
+    uncapped,
 )
 
 from tests.support.faults import PREFIX, SLY_FAULTS, PipeRun, Plan, Target, check, metrics, shape
@@ -182,16 +183,7 @@ def fmt_bytes(n):
 def run(args):
     raise_fd_limit(max(8192, args.concurrency * 12))
     daemon_args = [
-        "--max-connections-per-address",
-        "4096",
-        "--max-waiting-per-address",
-        "4096",
-        "--max-pending",
-        "4096",
-        "--max-active",
-        "4096",
-        "--max-watched-paths",
-        "4096",
+        *uncapped(),
         "--idle-timeout",
         str(args.idle_timeout),
         "--wait-timeout",
