@@ -61,24 +61,18 @@ class Daemon:
         return self.process.returncode
 
 
+def daemon_command(log: Path, port_file: Path, *args: str) -> list[str]:
+    """``twistd -n hoodypipe`` on a kernel-chosen loopback port, announced in ``port_file``."""
+    listen = ["--listen", "tcp:0:interface=127.0.0.1", "--port-file", str(port_file)]
+    return [TWISTD, "-n", "--pidfile=", "--logfile", str(log), "hoodypipe", *listen, *args]
+
+
 def start_daemon(*args: str, timeout: float = 20.0) -> Daemon:
     """Start the installed daemon and learn its port from its --port-file."""
     workdir = Path(tempfile.mkdtemp(prefix="hoodypipe-test-"))
     port_file = workdir / "port"
     log = workdir / "twistd.log"
-    command = [
-        TWISTD,
-        "-n",
-        "--pidfile=",
-        "--logfile",
-        str(log),
-        "hoodypipe",
-        "--listen",
-        "tcp:0:interface=127.0.0.1",
-        "--port-file",
-        str(port_file),
-        *args,
-    ]
+    command = daemon_command(log, port_file, *args)
     process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     while not port_file.exists():

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import TWISTD, Daemon
+from ..conftest import TWISTD, Daemon, daemon_command
 from ._helpers import Sender, deterministic_bytes, receiver, sha256, status, unique, wait_for, wait_status
 from ._sidechannel import CurlSSE, is_kind
 
@@ -166,20 +166,7 @@ class Launcher:
         workdir = Path(tempfile.mkdtemp(prefix="hoodypipe-deploy-"))
         port_file = workdir / "port"
         log = workdir / "twistd.log"
-        command = [
-            *prefix,
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "--logfile",
-            str(log),
-            "hoodypipe",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--port-file",
-            str(port_file),
-            *args,
-        ]
+        command = [*prefix, *daemon_command(log, port_file, *args)]
         with open(workdir / "stderr", "wb") as errors:
             process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=errors)
         daemon = Daemon(process, "127.0.0.1", 0, log, workdir, list(args))
